@@ -1,0 +1,118 @@
+"""``destination_data``: the business-day partitioned Delta table that backfills repair.
+
+One run handles one partition or a range of them (the backfill policy sets how many). It reads the
+source rows of exactly those business dates and replaces exactly those dates in the destination with
+a single ``replaceWhere`` overwrite: one Delta commit, atomic, and idempotent. A date without source
+rows, or a source that drifted from the declared schema, fails the run before anything is written.
+"""
+
+
+import json
+
+import dagster as dg
+
+from backfill_platform.assets.source import source_data
+from backfill_platform.assets.tables_schema import POSITION_COLUMNS, POSITION_DATE, position_struct
+from backfill_platform.partitions import business_day_partitions, partition_dates
+from backfill_platform.resources.step_launcher import STEP_LAUNCHER_KEY
+from backfill_platform.resources.tables import DeltaLocation, DeltaTables
+from backfill_platform.settings import load_settings
+
+@dg.asset(
+    partitions_def=business_day_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(load_settings().max_partitions_per_run),
+    deps=[source_data],
+    required_resource_keys={STEP_LAUNCHER_KEY, "pyspark", "tables"},
+    kinds={"spark", "delta"},
+    group_name="backfill",
+)
+def destination_data(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """Copy the source rows of this run's business dates into the destination, replacing exactly
+    those dates (``replaceWhere``) in one Delta commit.
+
+    Resources come by key (not as typed arguments) because the step launcher must be a key
+    requirement: ``pyspark`` (a ``PySparkResource``) and ``tables`` (``DeltaTables``).
+    """
+    from pyspark.sql import functions as F
+
+    tables: DeltaTables = context.resources.tables
+    dates = partition_dates(context.partition_keys)
+    spark = context.resources.pyspark.spark_session
+    source = _read_source(spark, tables.source).where(F.col(POSITION_DATE).isin(dates))
+
+    rows_per_date = {
+        row[0].isoformat(): int(row[1]) for row in source.groupBy(POSITION_DATE).count().collect()
+    }
+    missing = [day.isoformat() for day in dates if day.isoformat() not in rows_per_date]
+    if missing:
+        raise dg.Failure(
+            description=(
+                f"The source {tables.source} has no rows for business date(s) {', '.join(missing)}. "
+                "Nothing was written. Load the source for these dates, then rerun them."
+            ),
+            metadata={"missing_dates": missing, "source": str(tables.source)},
+            allow_retries=False,
+        )
+
+    _create_destination_if_missing(spark, tables.destination)
+    predicate = f"{POSITION_DATE} IN ({', '.join(repr(day.isoformat()) for day in dates)})"
+    writer = (
+        source.write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", predicate)
+    )
+    tables.destination.save(writer)
+    commit = tables.destination.delta_table(spark).history(1).first()
+    total = sum(rows_per_date.values())
+    context.log.info(
+        f"Replaced {len(dates)} business date(s) {dates[0]}..{dates[-1]} in {tables.destination}: "
+        f"{total} rows, Delta version {commit['version']}"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "table": str(tables.destination),
+            "delta_version": int(commit["version"]),
+            "rows_written": total,
+            "dates": len(dates),
+            "first_date": dates[0].isoformat(),
+            "last_date": dates[-1].isoformat(),
+            "rows_per_date": dg.MetadataValue.json(rows_per_date),
+        }
+    )
+
+
+def _read_source(spark, source: DeltaLocation):
+    """The source, with exactly the declared columns and types, or a Failure naming the drift."""
+    from pyspark.sql import functions as F
+
+    if not source.exists(spark):
+        raise dg.Failure(
+            f"The source table {source} does not exist. Materialize source_data first "
+            "(backfill-platform backfill does this for you in the local deployment).",
+            allow_retries=False,
+        )
+    frame = source.read(spark)
+    actual = dict(frame.dtypes)
+    problems = [
+        f"{name}: expected {kind}, found {actual.get(name, 'no such column')}"
+        for name, kind in POSITION_COLUMNS.items()
+        if actual.get(name) != kind
+    ]
+    if problems:
+        raise dg.Failure(
+            f"The source {source} does not match the declared schema ({'; '.join(problems)}). "
+            "Nothing was written.",
+            metadata={"source_schema": json.dumps(actual)},
+            allow_retries=False,
+        )
+    return frame.select(*(F.col(name) for name in POSITION_COLUMNS))
+
+
+def _create_destination_if_missing(spark, destination: DeltaLocation) -> None:
+    """Create the empty, date-partitioned table once, so every later write is a replaceWhere."""
+    from delta.tables import DeltaTable
+
+    if destination.exists(spark):
+        return
+    builder = DeltaTable.createIfNotExists(spark).addColumns(position_struct())
+    destination.builder_target(builder).partitionedBy(POSITION_DATE).execute()

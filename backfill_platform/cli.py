@@ -1,0 +1,131 @@
+"""``backfill-platform``: the command line of the project.
+
+``backfill-platform backfill --from A --to B`` is the README's main job: it launches a native Dagster
+asset backfill of ``destination_data`` over the business days in [A, B] through the instance in
+``DAGSTER_HOME`` (the repo's ``dagster_home/`` by default), starts the daemon if none is running,
+shows progress until the backfill ends, and prints a summary. Exit codes: 0 all partitions
+succeeded, 1 some failed, 2 bad input or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from backfill_platform.settings import PROJECT_ROOT, SettingsError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _dagster_home() -> Path:
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / "dagster_home")))
+    if not (home / "dagster.yaml").exists():
+        raise SettingsError(
+            f"DAGSTER_HOME={home} has no dagster.yaml; point DAGSTER_HOME at the repo's dagster_home/ "
+            "or copy dagster_home/dagster.yaml there."
+        )
+    return home
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from backfill_platform.partitions import business_days_between
+
+    keys = business_days_between(args.date_from, args.date_to)
+    home = _dagster_home()
+
+    import dagster as dg
+
+    from backfill_platform import backfills
+    from backfill_platform.definitions import defs
+
+    settings_table = defs.resources["tables"]
+    instance = dg.DagsterInstance.get()
+    prerequisites = [
+        key for key in backfills.PREREQUISITES if instance.get_latest_materialization_event(key) is None
+    ]
+    _say(
+        f"Backfilling destination_data for {len(keys)} business day(s) {keys[0]}..{keys[-1]} "
+        f"(instance: {home})"
+    )
+    if prerequisites:
+        _say(f"Also materializing {', '.join(k.to_user_string() for k in prerequisites)} first (never materialized here).")
+
+    daemon = None
+    if not backfills.daemon_is_running(instance):
+        _say("No dagster-daemon is running for this instance: starting one for this backfill.")
+        daemon = backfills.DaemonProcess(home).start()
+    started = time.monotonic()
+    backfill_id = backfills.launch_destination_backfill(
+        instance, defs, keys, include_prerequisites=prerequisites, title=f"backfill-platform {keys[0]}..{keys[-1]}"
+    )
+    _say(f"Launched backfill {backfill_id} (open it in the UI: dagster dev, then Overview > Backfills)")
+    try:
+        progress = backfills.wait_for_backfill(
+            instance, backfill_id, timeout_s=args.timeout, on_progress=lambda p: _say("  " + p.line())
+        )
+    except KeyboardInterrupt:
+        _say(
+            f"\nInterrupted. Backfill {backfill_id} stays in the instance"
+            + (" and resumes when a dagster-daemon runs again." if daemon else ".")
+        )
+        return EXIT_FAILED
+    finally:
+        if daemon:
+            daemon.stop()
+    wall = time.monotonic() - started
+    failed = backfills.failed_partitions(instance, backfill_id)
+    _say("")
+    _say(f"Backfill {backfill_id}: {progress.status}")
+    _say(f"  partitions requested: {progress.requested}")
+    _say(f"  partitions succeeded: {progress.succeeded}")
+    _say(f"  partitions failed:    {progress.failed}" + (f" ({', '.join(failed)})" if failed else ""))
+    _say(f"  rows written:         {backfills.rows_written(instance, backfill_id)}")
+    _say(f"  runs:                 {len(backfills.backfill_runs(instance, backfill_id))}")
+    _say(f"  wall time:            {wall:.1f} s")
+    _say(f"  table:                {settings_table.destination}")
+    if failed or progress.status != "COMPLETED_SUCCESS":
+        _say("Some partitions did not land: see the failed runs in the UI (dagster dev) for their errors.")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backfill-platform",
+        description="Backfill and repair the business-day partitioned destination_data Delta table.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    backfill = commands.add_parser(
+        "backfill",
+        help="launch a Dagster backfill of destination_data over the business days in [--from, --to]",
+    )
+    backfill.add_argument("--from", dest="date_from", required=True, metavar="YYYY-MM-DD")
+    backfill.add_argument("--to", dest="date_to", required=True, metavar="YYYY-MM-DD")
+    backfill.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait (default 6 h)")
+    backfill.set_defaults(handler=cmd_backfill)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+    args = build_parser().parse_args(argv)
+    from backfill_platform.partitions import InvalidPartitionDateError
+
+    try:
+        return args.handler(args)
+    except (InvalidPartitionDateError, SettingsError) as error:
+        print(f"backfill-platform: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

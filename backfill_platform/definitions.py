@@ -1,0 +1,23 @@
+"""The code location: read this file first.
+
+- ``partitions.py``: the business-day calendar (``business_day_partitions``);
+- ``assets/``: ``business_calendar``, ``source_data`` and the partitioned ``destination_data``;
+- ``jobs.py``: ``destination_data_job`` for ``dagster job backfill``;
+- ``resources/``: Spark + Delta tables (+ step launcher) for the deployment that
+  ``BACKFILL_DEPLOYMENT`` selects (``settings.py`` lists every setting).
+
+Loading this module starts no Spark session and makes no network call.
+"""
+
+import dagster as dg
+
+from backfill_platform.assets import business_calendar, destination_data, source_data
+from backfill_platform.jobs import destination_data_job
+from backfill_platform.resources import resources_for
+from backfill_platform.settings import load_settings
+
+defs = dg.Definitions(
+    assets=[business_calendar, source_data, destination_data],
+    jobs=[destination_data_job],
+    resources=resources_for(load_settings()),
+)

@@ -1,0 +1,217 @@
+"""The business-day calendar: which days are partitions of ``destination_data``, and why not.
+
+A business day is a Monday-Friday that is not a holiday of the configured pandas holiday calendar
+(US federal holidays, observed dates, by default) and not an extra closure. Non-business days are
+not partitions at all: they are Dagster ``exclusions`` of a daily partitions definition, so each
+partition's window is exactly one day (Friday's partition closes Saturday 00:00, not Monday).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import importlib
+import re
+from collections.abc import Mapping, Sequence
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from backfill_platform.settings import Settings, SettingsError, load_settings
+
+TIMEZONE = "America/New_York"
+WEEKEND_CRON = "0 0 * * 0,6"  # Saturdays and Sundays, at the start of their daily window
+DATE_KEY_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class InvalidPartitionDateError(ValueError):
+    """A date that cannot be a partition of destination_data; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DayVerdict:
+    day: dt.date
+    is_business_day: bool
+    reason: str  # "business day", "weekend (Saturday)", "holiday: Independence Day", ...
+
+    def __str__(self) -> str:
+        return f"{self.day.isoformat()} ({self.day:%A}): {self.reason}"
+
+
+@dataclasses.dataclass(frozen=True)
+class BusinessCalendar:
+    """Holidays and closures between two dates, and the answer to 'is D a business day, and why'."""
+
+    holidays: Mapping[dt.date, str]
+    first_day: dt.date
+    last_day: dt.date
+
+    @classmethod
+    def from_settings(cls, settings: Settings, last_day: dt.date | None = None) -> BusinessCalendar:
+        # Holidays are listed to the end of next year, so that every partition up to today (and the
+        # calendar table's default range) is covered whatever the start date.
+        today = dt.date.today()
+        last = last_day or dt.date(max(today.year + 1, 2026), 12, 31)
+        first = min(settings.start_date, dt.date(2020, 1, 1))
+        calendar_class = _import_holiday_calendar(settings.holiday_calendar)
+        named = calendar_class().holidays(first, last, return_name=True)
+        holidays = {timestamp.date(): str(name) for timestamp, name in named.items()}
+        holidays.update(
+            {day: f"closure: {reason}" for day, reason in settings.extra_closures.items()}
+        )
+        return cls(holidays=holidays, first_day=first, last_day=last)
+
+    def explain(self, day: dt.date) -> DayVerdict:
+        if day.weekday() >= 5:
+            return DayVerdict(day, False, f"weekend ({day:%A})")
+        if day in self.holidays:
+            name = self.holidays[day]
+            reason = name if name.startswith("closure: ") else f"holiday: {name}"
+            return DayVerdict(day, False, reason)
+        return DayVerdict(day, True, "business day")
+
+    def is_business_day(self, day: dt.date) -> bool:
+        return self.explain(day).is_business_day
+
+    def weekday_holidays(self) -> list[dt.date]:
+        """Holidays and closures that fall on a weekday (weekend ones are excluded anyway)."""
+        return sorted(day for day in self.holidays if day.weekday() < 5)
+
+
+def _import_holiday_calendar(path: str) -> type:
+    module_name, _, class_name = path.partition(":")
+    try:
+        calendar_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        raise SettingsError(
+            f"BACKFILL_HOLIDAY_CALENDAR={path!r} does not name a holiday calendar class; "
+            "use 'module:Class', e.g. 'pandas.tseries.holiday:USFederalHolidayCalendar'."
+        ) from None
+    if not hasattr(calendar_class, "holidays"):
+        raise SettingsError(
+            f"BACKFILL_HOLIDAY_CALENDAR={path!r} is not a pandas AbstractHolidayCalendar."
+        )
+    return calendar_class
+
+
+def build_business_day_partitions(
+    settings: Settings, calendar: BusinessCalendar
+) -> dg.DailyPartitionsDefinition:
+    tz = ZoneInfo(TIMEZONE)
+    exclusions: list[str | dt.datetime] = [WEEKEND_CRON]
+    exclusions += [
+        dt.datetime(day.year, day.month, day.day, tzinfo=tz)
+        for day in calendar.weekday_holidays()
+        if day >= settings.start_date
+    ]
+    return dg.DailyPartitionsDefinition(
+        start_date=settings.start_date.isoformat(),
+        timezone=TIMEZONE,
+        fmt="%Y-%m-%d",
+        exclusions=exclusions,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def default_business_calendar() -> BusinessCalendar:
+    return BusinessCalendar.from_settings(load_settings())
+
+
+business_calendar_days = default_business_calendar()
+business_day_partitions = build_business_day_partitions(load_settings(), business_calendar_days)
+
+
+def parse_iso_date(value: str) -> dt.date:
+    """Strict YYYY-MM-DD, or an error that shows the expected form."""
+    text = str(value).strip()
+    if not DATE_KEY_PATTERN.match(text):
+        raise InvalidPartitionDateError(
+            f"{value!r} is not a date: use the form YYYY-MM-DD, e.g. 2024-06-17."
+        )
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise InvalidPartitionDateError(
+            f"{value!r} is not a calendar date (month 01-12, day valid for the month)."
+        ) from None
+
+
+def parse_partition_date(
+    value: str,
+    *,
+    partitions_def: dg.DailyPartitionsDefinition = business_day_partitions,
+    calendar: BusinessCalendar = business_calendar_days,
+    now: dt.datetime | None = None,
+) -> dt.date:
+    """Turn user input into a business date that is a partition, or say exactly why it is not.
+
+    This is the only way a date from outside (CLI, partition key) reaches a SQL string.
+    """
+    day = parse_iso_date(value)
+    start = dt.date.fromisoformat(partitions_def.start.strftime("%Y-%m-%d"))
+    if day < start:
+        raise InvalidPartitionDateError(
+            f"{day} is before the first partition {start} (set BACKFILL_START_DATE to go further back)."
+        )
+    verdict = calendar.explain(day)
+    if not verdict.is_business_day:
+        raise InvalidPartitionDateError(
+            f"{verdict}: not a business day, so it is not a partition of destination_data."
+        )
+    existing = partitions_def.get_partition_keys(current_time=now)
+    last_key = existing[-1] if existing else None
+    if last_key is None or day > dt.date.fromisoformat(last_key):
+        raise InvalidPartitionDateError(
+            f"{day} has not ended yet in {TIMEZONE}: the latest complete business day is {last_key}."
+        )
+    return day
+
+
+def business_days_between(
+    first: str,
+    last: str,
+    *,
+    partitions_def: dg.DailyPartitionsDefinition = business_day_partitions,
+    calendar: BusinessCalendar = business_calendar_days,
+    now: dt.datetime | None = None,
+) -> list[str]:
+    """Partition keys of the business days in [first, last], both ends inclusive.
+
+    The ends may be non-business days (a backfill 'from Saturday'), but must be real dates within
+    the partitions' span, and ``first`` must not be after ``last``.
+    """
+    days = []
+    for label, value in (("--from", first), ("--to", last)):
+        try:
+            days.append(parse_partition_date(value, partitions_def=partitions_def, calendar=calendar, now=now))
+        except InvalidPartitionDateError as error:
+            if "not a business day" not in str(error):
+                raise InvalidPartitionDateError(f"{label}: {error}") from None
+            days.append(dt.date.fromisoformat(str(value).strip()))
+    start, end = days
+    if start > end:
+        raise InvalidPartitionDateError(f"--from {start} is after --to {end}.")
+    keys = [
+        key
+        for key in partitions_def.get_partition_keys(current_time=now)
+        if start.isoformat() <= key <= end.isoformat()
+    ]
+    if not keys:
+        raise InvalidPartitionDateError(
+            f"there is no business day between {start} and {end}: "
+            + "; ".join(str(calendar.explain(start + dt.timedelta(days=i))) for i in range((end - start).days + 1))
+        )
+    return keys
+
+
+def partition_dates(
+    keys: Sequence[str], calendar: BusinessCalendar = business_calendar_days
+) -> list[dt.date]:
+    """Partition keys -> dates, each checked to be a business date (they go into a SQL predicate)."""
+    days = [parse_iso_date(key) for key in keys]
+    for day in days:
+        verdict = calendar.explain(day)
+        if not verdict.is_business_day:
+            raise InvalidPartitionDateError(f"{verdict}: not a business day, refusing to write it.")
+    return days

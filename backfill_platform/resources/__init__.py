@@ -1,0 +1,31 @@
+"""Resources per deployment. The asset code is the same everywhere; only this wiring changes.
+
+``BACKFILL_DEPLOYMENT=local`` (default): embedded Spark + Delta, tables under ``BACKFILL_DATA_DIR``,
+and no step launcher (steps run in the run's own process).
+``BACKFILL_DEPLOYMENT=databricks``: see ``resources/databricks.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backfill_platform.resources.spark import DeltaSparkResource, local_spark_config
+from backfill_platform.resources.step_launcher import STEP_LAUNCHER_KEY, in_process_step_launcher
+from backfill_platform.resources.tables import DeltaTables
+from backfill_platform.settings import Settings
+
+
+def local_resources(settings: Settings) -> dict[str, Any]:
+    return {
+        "pyspark": DeltaSparkResource(spark_config=local_spark_config(settings)),
+        "tables": DeltaTables.from_settings(settings, mode="path"),
+        STEP_LAUNCHER_KEY: in_process_step_launcher(),
+    }
+
+
+def resources_for(settings: Settings) -> dict[str, Any]:
+    if settings.deployment == "databricks":
+        from backfill_platform.resources.databricks import databricks_resources
+
+        return databricks_resources(settings)
+    return local_resources(settings)

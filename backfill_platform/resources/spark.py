@@ -1,0 +1,176 @@
+"""Spark for the assets: dagster-pyspark's resource, with Delta Lake, started only when first used.
+
+Locally the session is a ``local[N]`` Spark with Delta's jars (resolved from Maven Central once and
+cached by Ivy, or given as local jar files). On Databricks the same resource returns the cluster's
+session (``getOrCreate``), where Delta is built in. Starting a JVM costs seconds, so nothing starts
+when definitions load, and a run whose step executes elsewhere (the Databricks step launcher) never
+starts one in the launching process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.metadata
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dagster import InitResourceContext
+from dagster_pyspark import PySparkResource
+from pydantic import PrivateAttr
+
+from backfill_platform.settings import Settings
+
+SCALA_VERSION = "2.13"
+
+
+class SparkStartError(RuntimeError):
+    """Spark could not start; the message says what is missing and how to fix it."""
+
+
+def delta_maven_coordinate() -> str:
+    """The delta-spark artifact matching the installed pyspark and delta-spark wheels."""
+    import pyspark
+
+    spark_minor = ".".join(pyspark.__version__.split(".")[:2])
+    delta_version = importlib.metadata.version("delta-spark")
+    return f"io.delta:delta-spark_{spark_minor}_{SCALA_VERSION}:{delta_version}"
+
+
+def local_spark_config(settings: Settings) -> dict[str, str]:
+    """Spark settings for the embedded local deployment, sized for a small machine."""
+    data_dir = Path(settings.data_dir)
+    config = {
+        "spark.master": settings.spark_master,
+        "spark.app.name": "backfill_platform",
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.warehouse.dir": str(data_dir / "spark-warehouse"),
+        "spark.local.dir": str(data_dir / "spark-tmp"),
+        "spark.driver.host": "127.0.0.1",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.memory": "2g",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.session.timeZone": "UTC",
+        # Small data, two cores: the defaults (200 shuffle partitions, 50 snapshot partitions)
+        # make every Delta commit schedule hundreds of empty tasks.
+        "spark.sql.shuffle.partitions": "2",
+        "spark.default.parallelism": "2",
+        "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",
+    }
+    config.update(delta_jars_config(settings))
+    return config
+
+
+def delta_jars_config(settings: Settings) -> dict[str, str]:
+    """How Spark gets Delta's jars: given files, files cached by an earlier start, or Maven.
+
+    The first start resolves ``io.delta:delta-spark_*`` (and its dependencies) from Maven Central
+    into a per-user cache with Ivy; every later start, in any clone, loads the cached files with
+    ``spark.jars`` and skips resolution (which costs a second and is not safe to run from several
+    processes at once).
+    """
+    if settings.spark_jars:
+        return {"spark.jars": settings.spark_jars}
+    coordinate = delta_maven_coordinate()
+    ivy_home = settings.jar_cache_dir / coordinate.replace(":", "_")
+    jars = sorted((ivy_home / "jars").glob("*.jar"))
+    if (ivy_home / "complete").exists() and jars:
+        return {"spark.jars": ",".join(str(jar) for jar in jars)}
+    return {"spark.jars.packages": coordinate, "spark.jars.ivy": str(ivy_home)}
+
+
+def _mark_jar_cache_complete(spark_config: dict[str, Any]) -> None:
+    ivy_home = spark_config.get("spark.jars.ivy")
+    if ivy_home and spark_config.get("spark.jars.packages") and any(Path(ivy_home, "jars").glob("*.jar")):
+        Path(ivy_home, "complete").write_text(spark_config["spark.jars.packages"] + "\n")
+
+
+def _ivy_jar_dir(spark_config: dict[str, Any]) -> Path:
+    ivy_home = spark_config.get("spark.jars.ivy")
+    return Path(ivy_home) / "jars" if ivy_home else Path.home() / ".ivy2.5.2" / "jars"
+
+
+def explain_start_failure(spark_config: dict[str, Any], error: BaseException) -> str:
+    """Turn Spark's 'Java gateway process exited' into what the user must do."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = Path(java_home) / "bin" / "java" if java_home else shutil.which("java")
+    if not java or not Path(java).exists():
+        return (
+            "Spark cannot start because no Java runtime was found (JAVA_HOME unset and no 'java' "
+            "on PATH). Install Java 17 (Debian/Ubuntu: apt-get install openjdk-17-jre-headless, "
+            "macOS: brew install openjdk@17) or set JAVA_HOME, then run again."
+        )
+    packages = spark_config.get("spark.jars.packages", "")
+    if packages:
+        _, artifact, version = packages.split(",")[0].split(":")
+        jar = _ivy_jar_dir(spark_config) / f"io.delta_{artifact}-{version}.jar"
+        if not jar.exists():
+            return (
+                f"Spark could not start because Delta Lake's jars ({packages}) could not be "
+                f"resolved: they are not in the Ivy cache ({jar.parent}) and could not be downloaded "
+                "from Maven Central (see the 'UNRESOLVED DEPENDENCIES' lines Spark printed above). "
+                "Connect to Maven Central once so Spark can cache them, or fetch them with Maven "
+                f"(mvn dependency:copy -Dartifact={packages} and io.delta:delta-storage:{version} "
+                "-DoutputDirectory=jars) and set BACKFILL_SPARK_JARS to the comma-separated jar paths."
+            )
+    return f"Spark could not start: {error}. See the lines Spark printed above for the cause."
+
+
+class DeltaSparkResource(PySparkResource):
+    """dagster-pyspark's ``PySparkResource``, lazily started and with clear start-up errors."""
+
+    log_level: str = "ERROR"
+    _lazy_session: Any = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        # Deliberately lazy: see the module docstring.
+        self._lazy_session = None
+
+    @property
+    def spark_session(self) -> Any:
+        if self._lazy_session is None:
+            self._lazy_session = start_spark_session(self.spark_config, self.log_level)
+        return self._lazy_session
+
+
+@contextlib.contextmanager
+def _jar_resolution_lock(spark_config: dict[str, Any]) -> Iterator[None]:
+    """One process at a time resolves jars into the shared Ivy cache (Ivy is not safe otherwise)."""
+    ivy_home = spark_config.get("spark.jars.ivy")
+    if not (ivy_home and spark_config.get("spark.jars.packages")):
+        yield
+        return
+    Path(ivy_home).mkdir(parents=True, exist_ok=True)
+    with open(Path(ivy_home) / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def start_spark_session(spark_config: dict[str, Any], log_level: str = "ERROR") -> Any:
+    from pyspark.errors import PySparkRuntimeError
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    for key in ("spark.local.dir", "spark.sql.warehouse.dir"):
+        if key in spark_config:
+            Path(spark_config[key]).mkdir(parents=True, exist_ok=True)
+    builder = SparkSession.builder
+    for key, value in spark_config.items():
+        builder = builder.config(key, value)
+    try:
+        with _jar_resolution_lock(spark_config):
+            session = builder.getOrCreate()
+    except (PySparkRuntimeError, FileNotFoundError, RuntimeError) as error:
+        raise SparkStartError(explain_start_failure(spark_config, error)) from error
+    session.sparkContext.setLogLevel(log_level)
+    _mark_jar_cache_complete(spark_config)
+    return session

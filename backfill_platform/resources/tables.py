@@ -1,0 +1,104 @@
+"""Where the tables live: Delta paths under the local data directory, or named catalog tables.
+
+The asset code only ever asks this resource for a table and gets back something that can read,
+write, and open it as a ``DeltaTable``; whether that is ``delta.`/path``` or
+``catalog.schema.table`` is the deployment's business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+from dagster import ConfigurableResource
+
+from backfill_platform.settings import Settings
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaLocation:
+    """One Delta table, by path (local) or by name (metastore / Unity Catalog)."""
+
+    name: str  # catalog.schema.table, for humans and metadata
+    path: str | None  # set in path mode
+
+    def read(self, spark: Any) -> Any:
+        if self.path:
+            return spark.read.format("delta").load(self.path)
+        return spark.table(self.name)
+
+    def exists(self, spark: Any) -> bool:
+        from delta.tables import DeltaTable
+
+        if self.path:
+            return DeltaTable.isDeltaTable(spark, self.path)
+        return spark.catalog.tableExists(self.name)
+
+    def delta_table(self, spark: Any) -> Any:
+        from delta.tables import DeltaTable
+
+        if self.path:
+            return DeltaTable.forPath(spark, self.path)
+        return DeltaTable.forName(spark, self.name)
+
+    def save(self, writer: Any) -> None:
+        """Finish a ``DataFrameWriter`` (format, mode and options already set) into this table."""
+        if self.path:
+            writer.save(self.path)
+        else:
+            writer.saveAsTable(self.name)
+
+    def builder_target(self, builder: Any) -> Any:
+        """Point a ``DeltaTable.createIfNotExists`` builder at this table."""
+        return builder.location(self.path) if self.path else builder.tableName(self.name)
+
+    def latest_version(self, spark: Any) -> int:
+        return int(self.delta_table(spark).history(1).select("version").first()[0])
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.path})" if self.path else self.name
+
+
+class DeltaTables(ConfigurableResource):
+    """The three tables of the project: source, destination and business calendar."""
+
+    mode: Literal["path", "catalog"] = "path"
+    warehouse_dir: str = ""  # path mode: tables are <warehouse_dir>/<schema>/<table>
+    catalog: str = "demos"
+    schema_name: str = "backfill_demo"
+    source_table: str = "source_data"
+    destination_table: str = "destination_data"
+    calendar_table: str = "calendar"
+    seed_demo_source: bool = False  # the local demo writes the source; real deployments never do
+
+    @classmethod
+    def from_settings(cls, settings: Settings, mode: Literal["path", "catalog"]) -> DeltaTables:
+        return cls(
+            mode=mode,
+            warehouse_dir=str(Path(settings.data_dir) / "warehouse") if mode == "path" else "",
+            catalog=settings.catalog,
+            schema_name=settings.schema,
+            source_table=settings.source_table,
+            destination_table=settings.destination_table,
+            calendar_table=settings.calendar_table,
+            seed_demo_source=mode == "path",
+        )
+
+    def _location(self, table: str) -> DeltaLocation:
+        name = ".".join(part for part in (self.catalog, self.schema_name, table) if part)
+        if self.mode == "path":
+            return DeltaLocation(name, str(Path(self.warehouse_dir) / self.schema_name / table))
+        return DeltaLocation(name, None)
+
+    @property
+    def source(self) -> DeltaLocation:
+        return self._location(self.source_table)
+
+    @property
+    def destination(self) -> DeltaLocation:
+        return self._location(self.destination_table)
+
+    @property
+    def calendar(self) -> DeltaLocation:
+        return self._location(self.calendar_table)

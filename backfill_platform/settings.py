@@ -1,0 +1,130 @@
+"""Every setting of backfill_platform, read from the environment in this one place.
+
+Nothing else in the package reads ``os.environ`` for configuration: modules take a
+:class:`Settings` (usually :func:`load_settings`) so tests can build their own.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| ``BACKFILL_DEPLOYMENT`` | ``local`` | ``local`` (embedded Spark + Delta) or ``databricks`` |
+| ``BACKFILL_DATA_DIR`` | ``<repo>/.data`` | local warehouse (Delta tables) and Spark scratch space |
+| ``BACKFILL_CATALOG`` | ``demos`` | catalog of the tables (used on Databricks / Unity Catalog) |
+| ``BACKFILL_SCHEMA`` | ``backfill_demo`` | schema of the tables |
+| ``BACKFILL_SOURCE_TABLE`` | ``source_data`` | table the destination is computed from |
+| ``BACKFILL_DESTINATION_TABLE`` | ``destination_data`` | the business-day partitioned Delta table |
+| ``BACKFILL_CALENDAR_TABLE`` | ``calendar`` | the business calendar table |
+| ``BACKFILL_START_DATE`` | ``2024-01-01`` | first day of the partitions |
+| ``BACKFILL_HOLIDAY_CALENDAR`` | ``pandas.tseries.holiday:USFederalHolidayCalendar`` | pandas holiday calendar class |
+| ``BACKFILL_EXTRA_CLOSURES`` | (none) | extra closed days: ``2025-01-09=National Day of Mourning,...`` |
+| ``BACKFILL_MAX_PARTITIONS_PER_RUN`` | ``60`` | business days one backfill run processes at most |
+| ``BACKFILL_SPARK_MASTER`` | ``local[2]`` | Spark master of the local deployment |
+| ``BACKFILL_SPARK_JARS`` | (none) | local Delta jars instead of resolving them from Maven Central |
+| ``BACKFILL_JAR_CACHE`` | ``~/.cache/backfill_platform/jars`` | where Delta's jars are cached after the first start |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DEPLOYMENTS = ("local", "databricks")
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot work; the message names the variable to fix."""
+
+
+def _parse_date(name: str, value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not a date in YYYY-MM-DD form.") from None
+
+
+def _parse_positive_int(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise SettingsError(f"{name}={value!r} must be a whole number of at least 1.")
+    return number
+
+
+def _parse_closures(name: str, value: str) -> dict[dt.date, str]:
+    """``2025-01-09=National Day of Mourning,2025-12-24`` -> {date: reason}."""
+    closures: dict[dt.date, str] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        day, _, reason = item.partition("=")
+        closures[_parse_date(name, day)] = reason.strip() or "extra closure"
+    return closures
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    deployment: str = "local"
+    data_dir: Path = PROJECT_ROOT / ".data"
+    catalog: str = "demos"
+    schema: str = "backfill_demo"
+    source_table: str = "source_data"
+    destination_table: str = "destination_data"
+    calendar_table: str = "calendar"
+    start_date: dt.date = dt.date(2024, 1, 1)
+    holiday_calendar: str = "pandas.tseries.holiday:USFederalHolidayCalendar"
+    extra_closures: Mapping[dt.date, str] = dataclasses.field(default_factory=dict)
+    max_partitions_per_run: int = 60
+    spark_master: str = "local[2]"
+    spark_jars: str = ""
+    jar_cache_dir: Path = Path.home() / ".cache" / "backfill_platform" / "jars"
+
+    def __post_init__(self) -> None:
+        if self.deployment not in DEPLOYMENTS:
+            raise SettingsError(
+                f"BACKFILL_DEPLOYMENT={self.deployment!r} is not one of {', '.join(DEPLOYMENTS)}."
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value and value.strip() else None
+
+        values: dict[str, object] = {}
+        plain = {
+            "BACKFILL_DEPLOYMENT": "deployment",
+            "BACKFILL_CATALOG": "catalog",
+            "BACKFILL_SCHEMA": "schema",
+            "BACKFILL_SOURCE_TABLE": "source_table",
+            "BACKFILL_DESTINATION_TABLE": "destination_table",
+            "BACKFILL_CALENDAR_TABLE": "calendar_table",
+            "BACKFILL_HOLIDAY_CALENDAR": "holiday_calendar",
+            "BACKFILL_SPARK_MASTER": "spark_master",
+            "BACKFILL_SPARK_JARS": "spark_jars",
+        }
+        for var, field in plain.items():
+            if (value := get(var)) is not None:
+                values[field] = value.lower() if field == "deployment" else value
+        if (value := get("BACKFILL_DATA_DIR")) is not None:
+            values["data_dir"] = Path(value).expanduser().resolve()
+        if (value := get("BACKFILL_JAR_CACHE")) is not None:
+            values["jar_cache_dir"] = Path(value).expanduser().resolve()
+        if (value := get("BACKFILL_START_DATE")) is not None:
+            values["start_date"] = _parse_date("BACKFILL_START_DATE", value)
+        if (value := get("BACKFILL_EXTRA_CLOSURES")) is not None:
+            values["extra_closures"] = _parse_closures("BACKFILL_EXTRA_CLOSURES", value)
+        if (value := get("BACKFILL_MAX_PARTITIONS_PER_RUN")) is not None:
+            values["max_partitions_per_run"] = _parse_positive_int(
+                "BACKFILL_MAX_PARTITIONS_PER_RUN", value
+            )
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def load_settings() -> Settings:
+    """The settings of this process, from its environment."""
+    return Settings.from_env()
