@@ -1,0 +1,80 @@
+"""Shared fixtures: one local Spark session for the whole test session, fresh data directories and
+fresh Dagster instances (DAGSTER_HOME folders with the project's own dagster.yaml)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import warnings
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from backfill_platform.resources import local_resources
+from backfill_platform.resources.spark import local_spark_config, start_spark_session
+from backfill_platform.settings import PROJECT_ROOT, Settings
+
+warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+
+ARTIFACTS = PROJECT_ROOT / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def spark_data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("spark")
+
+
+@pytest.fixture(scope="session")
+def spark(spark_data_root):
+    """The one local Spark + Delta session of this pytest process (a JVM start costs ~7 s)."""
+    session = start_spark_session(local_spark_config(Settings(data_dir=spark_data_root)))
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    """Settings of a fresh, empty local deployment under a temporary data directory."""
+    return Settings(data_dir=tmp_path / "data")
+
+
+@pytest.fixture
+def resources(settings, spark):
+    """The local deployment's resources for ``settings``; Spark is the shared session."""
+    return local_resources(settings)
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+def make_dagster_home(path: Path, extra_yaml: str = "") -> Path:
+    """A DAGSTER_HOME with the project's dagster.yaml (plus ``extra_yaml``) and its own storage."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PROJECT_ROOT / "dagster_home" / "dagster.yaml", path / "dagster.yaml")
+    if extra_yaml:
+        with open(path / "dagster.yaml", "a") as config:
+            config.write("\n" + extra_yaml)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def subprocess_env(settings: Settings, dagster_home: Path, **extra: str) -> dict[str, str]:
+    """Environment for Dagster processes (daemon, webserver, CLI) of a test deployment."""
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "BACKFILL_DATA_DIR": str(settings.data_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra)
+    return env

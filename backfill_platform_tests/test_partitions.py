@@ -1,0 +1,106 @@
+import datetime as dt
+
+import pytest
+
+from backfill_platform.partitions import (
+    BusinessCalendar,
+    InvalidPartitionDateError,
+    build_business_day_partitions,
+    business_calendar_days,
+    business_day_partitions,
+    business_days_between,
+    parse_partition_date,
+)
+from backfill_platform.settings import Settings, SettingsError
+
+NOW = dt.datetime(2026, 11, 21, 12, tzinfo=dt.timezone.utc)
+
+
+def keys_of_year(year: int) -> list[str]:
+    return [k for k in business_day_partitions.get_partition_keys(current_time=NOW) if k.startswith(f"{year}-")]
+
+
+def test_business_day_counts_match_the_seed_facts():
+    assert len(keys_of_year(2024)) == 251
+    assert len(keys_of_year(2025)) == 250
+    seed_range = [k for k in business_day_partitions.get_partition_keys(current_time=NOW) if "2024-01-01" <= k <= "2025-11-20"]
+    assert len(seed_range) == 474
+
+
+@pytest.mark.parametrize("holiday", ["2024-07-04", "2024-11-28", "2026-07-03", "2024-01-01", "2025-12-25"])
+def test_holidays_are_not_partitions(holiday):
+    assert holiday not in business_day_partitions.get_partition_keys(current_time=NOW)
+
+
+def test_weekends_are_not_partitions_and_the_day_after_thanksgiving_is():
+    keys = set(business_day_partitions.get_partition_keys(current_time=NOW))
+    assert "2024-11-29" in keys
+    assert "2024-06-15" not in keys and "2024-06-16" not in keys  # Saturday, Sunday
+    assert business_day_partitions.timezone == "America/New_York"
+
+
+def test_fridays_window_is_exactly_one_day():
+    window = business_day_partitions.time_window_for_partition_key("2024-06-14")  # a Friday
+    assert window.start.isoformat() == "2024-06-14T00:00:00-04:00"
+    assert window.end.isoformat() == "2024-06-15T00:00:00-04:00"
+
+
+def test_explain_says_why_a_day_is_not_a_business_day():
+    assert business_calendar_days.explain(dt.date(2024, 7, 4)).reason == "holiday: Independence Day"
+    assert business_calendar_days.explain(dt.date(2026, 7, 3)).reason == "holiday: Independence Day"
+    assert business_calendar_days.explain(dt.date(2024, 6, 15)).reason == "weekend (Saturday)"
+    verdict = business_calendar_days.explain(dt.date(2024, 6, 17))
+    assert verdict.is_business_day and verdict.reason == "business day"
+
+
+def test_start_date_and_extra_closures_are_configurable():
+    settings = Settings(start_date=dt.date(2025, 1, 1), extra_closures={dt.date(2025, 1, 9): "National Day of Mourning"})
+    calendar = BusinessCalendar.from_settings(settings)
+    partitions = build_business_day_partitions(settings, calendar)
+    keys = partitions.get_partition_keys(current_time=NOW)
+    assert keys[0] == "2025-01-02"
+    assert "2025-01-09" not in keys and "2025-01-08" in keys
+    assert calendar.explain(dt.date(2025, 1, 9)).reason == "closure: National Day of Mourning"
+
+
+def test_another_pandas_holiday_calendar_can_be_chosen():
+    settings = Settings(holiday_calendar="pandas.tseries.holiday:USFederalHolidayCalendar")
+    assert dt.date(2024, 7, 4) in BusinessCalendar.from_settings(settings).holidays
+    with pytest.raises(SettingsError, match="BACKFILL_HOLIDAY_CALENDAR"):
+        BusinessCalendar.from_settings(Settings(holiday_calendar="pandas.tseries.holiday:NoSuchCalendar"))
+
+
+def test_settings_come_from_the_environment_with_clear_errors():
+    settings = Settings.from_env({"BACKFILL_START_DATE": "2024-03-01", "BACKFILL_EXTRA_CLOSURES": "2025-01-09=Mourning"})
+    assert settings.start_date == dt.date(2024, 3, 1)
+    assert settings.extra_closures == {dt.date(2025, 1, 9): "Mourning"}
+    with pytest.raises(SettingsError, match="BACKFILL_DEPLOYMENT"):
+        Settings.from_env({"BACKFILL_DEPLOYMENT": "cloud"})
+    with pytest.raises(SettingsError, match="BACKFILL_MAX_PARTITIONS_PER_RUN"):
+        Settings.from_env({"BACKFILL_MAX_PARTITIONS_PER_RUN": "0"})
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("2024-07-04", "holiday: Independence Day"),
+        ("2024-06-15", "weekend (Saturday)"),
+        ("2024-13-45", "not a calendar date"),
+        ("2024-06-17; DROP TABLE x", "use the form YYYY-MM-DD"),
+        ("17/06/2024", "use the form YYYY-MM-DD"),
+        ("2023-12-29", "before the first partition 2024-01-01"),
+        ("2026-12-01", "has not ended yet"),
+    ],
+)
+def test_bad_dates_are_rejected_with_the_reason(value, message):
+    with pytest.raises(InvalidPartitionDateError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_partition_date(value, now=NOW)
+
+
+def test_business_days_between_takes_non_business_ends_and_rejects_reversed_ranges():
+    keys = business_days_between("2024-06-29", "2024-07-07", now=NOW)  # Saturday .. Sunday
+    assert keys == ["2024-07-01", "2024-07-02", "2024-07-03", "2024-07-05"]
+    with pytest.raises(InvalidPartitionDateError, match="is after"):
+        business_days_between("2024-07-05", "2024-07-01", now=NOW)
+    with pytest.raises(InvalidPartitionDateError, match="no business day"):
+        business_days_between("2024-07-04", "2024-07-04", now=NOW)
