@@ -98,6 +98,32 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Roll destination_data back with Delta RESTORE (restore.py), printing what changed."""
+    from backfill_platform.restore import RestoreError, restore_destination
+    from backfill_platform.resources import local_resources
+    from backfill_platform.settings import load_settings
+
+    settings = load_settings()
+    if settings.deployment != "local":
+        raise SettingsError(
+            "restore runs against the local deployment's tables; on Databricks run "
+            "RESTORE TABLE <catalog.schema.destination_data> TO VERSION AS OF <N> in a notebook or SQL editor."
+        )
+    resources = local_resources(settings)
+    spark = resources["pyspark"].spark_session
+    try:
+        report = restore_destination(
+            spark, resources["tables"].destination, version=args.version, timestamp=args.timestamp, dry_run=args.dry_run
+        )
+    except RestoreError as error:
+        print(f"backfill-platform: error: {error} Nothing was changed.", file=sys.stderr)
+        return EXIT_USAGE
+    for line in report.lines():
+        _say(line)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backfill-platform",
@@ -112,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--to", dest="date_to", required=True, metavar="YYYY-MM-DD")
     backfill.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait (default 6 h)")
     backfill.set_defaults(handler=cmd_backfill)
+    restore = commands.add_parser(
+        "restore", help="roll destination_data back to an earlier Delta version or timestamp (Delta RESTORE)"
+    )
+    target = restore.add_mutually_exclusive_group(required=True)
+    target.add_argument("--version", type=int, metavar="N", help="Delta version to restore")
+    target.add_argument("--timestamp", metavar="T", help="restore the version current at T (e.g. 2025-11-20T14:30:00)")
+    restore.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    restore.set_defaults(handler=cmd_restore)
     return parser
 
 

@@ -14,10 +14,15 @@ import dagster as dg
 from backfill_platform.assets import business_calendar, destination_data, source_data
 from backfill_platform.jobs import destination_data_job
 from backfill_platform.resources import resources_for
+from backfill_platform.sensors import automation
 from backfill_platform.settings import load_settings
+
+_automation = automation(load_settings(), destination_data_job)  # sensors/, schedules.py: retries, alerts
 
 defs = dg.Definitions(
     assets=[business_calendar, source_data, destination_data],
     jobs=[destination_data_job],
-    resources=resources_for(load_settings()),
+    sensors=_automation["sensors"],
+    schedules=_automation["schedules"],
+    resources={**resources_for(load_settings()), **_automation["resources"]},
 )

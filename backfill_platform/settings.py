@@ -19,6 +19,25 @@ Nothing else in the package reads ``os.environ`` for configuration: modules take
 | ``BACKFILL_SPARK_MASTER`` | ``local[2]`` | Spark master of the local deployment |
 | ``BACKFILL_SPARK_JARS`` | (none) | local Delta jars instead of resolving them from Maven Central |
 | ``BACKFILL_JAR_CACHE`` | ``~/.cache/backfill_platform/jars`` | where Delta's jars are cached after the first start |
+| ``BACKFILL_STEP_MAX_RETRIES`` | ``3`` | step retries of ``destination_data`` for transient errors |
+| ``BACKFILL_STEP_RETRY_DELAY_SECONDS`` | ``60`` | base delay of those retries (exponential backoff, full jitter) |
+| ``BACKFILL_RERUN_MAX_ATTEMPTS`` | ``3`` | reruns ``rerun_failed_partitions`` requests per partition before it gives up |
+| ``BACKFILL_RERUN_DAYS_BACK`` | ``7`` | the sensor looks at failures of the last N days (the seed's ``retry_days_back``) |
+| ``BACKFILL_RERUN_BATCH_SIZE`` | ``20`` | reruns requested per sensor tick at most |
+| ``BACKFILL_RERUN_INTERVAL_SECONDS`` | ``300`` | minimum seconds between ticks of the rerun sensor |
+| ``BACKFILL_ALERT_INTERVAL_SECONDS`` | ``30`` | minimum seconds between ticks of the alert sensor |
+| ``BACKFILL_AUTOMATION`` | ``stopped`` | default status of the sensors and the schedule: ``running`` or ``stopped`` |
+| ``BACKFILL_SCHEDULE_CRON`` | ``0 6 * * 1-5`` | when the daily schedule materializes the latest completed business day |
+| ``BACKFILL_SCHEDULE_TIMEZONE`` | ``America/New_York`` | timezone of that cron |
+| ``BACKFILL_UI_URL`` | ``http://127.0.0.1:3000`` | base URL of the Dagster UI, for links in alerts |
+| ``BACKFILL_ALERT_SMTP_HOST`` / ``_PORT`` | (none) / ``25`` | SMTP server for alert emails (email is off without a host) |
+| ``BACKFILL_ALERT_SMTP_USER`` | (none) | SMTP login; the password is read as ``EnvVar("BACKFILL_ALERT_SMTP_PASSWORD")`` |
+| ``BACKFILL_ALERT_SMTP_STARTTLS`` | ``false`` | STARTTLS before login |
+| ``BACKFILL_ALERT_EMAIL_FROM`` / ``_TO`` | ``backfill-platform@localhost`` / (none) | sender; comma-separated recipients |
+| ``BACKFILL_ALERT_WEBHOOK_URL`` | (none) | Slack-compatible incoming webhook; a secret, read as ``EnvVar`` |
+| ``BACKFILL_DATABRICKS_POOL`` | ``databricks_runs`` | Dagster pool of steps that launch Databricks runs (limit: ``dagster.yaml``) |
+| ``BACKFILL_FAULTS`` | (none) | TEST ONLY, see ``faults.py``: ``2024-03-04=transient:2,2024-03-05=logic,...`` |
+| ``BACKFILL_FAULT_STATE_DIR`` | ``<data dir>/fault-injection`` | TEST ONLY: attempt counters of injected faults |
 """
 
 from __future__ import annotations
@@ -32,6 +51,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 DEPLOYMENTS = ("local", "databricks")
+AUTOMATION_STATUSES = ("running", "stopped")
 
 
 class SettingsError(ValueError):
@@ -53,6 +73,35 @@ def _parse_positive_int(name: str, value: str) -> int:
     if number < 1:
         raise SettingsError(f"{name}={value!r} must be a whole number of at least 1.")
     return number
+
+
+def _parse_non_negative_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if number < 0:
+        raise SettingsError(f"{name}={value!r} must be a number of seconds (0 or more).")
+    return number
+
+
+def _parse_non_negative_int(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise SettingsError(f"{name}={value!r} must be a whole number (0 or more).")
+    return number
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={value!r} must be true or false.")
 
 
 def _parse_closures(name: str, value: str) -> dict[dt.date, str]:
@@ -80,8 +129,36 @@ class Settings:
     spark_master: str = "local[2]"
     spark_jars: str = ""
     jar_cache_dir: Path = Path.home() / ".cache" / "backfill_platform" / "jars"
+    # Retries, reruns, schedule and alerts (backfill_platform/retries.py, sensors/, schedules.py).
+    step_max_retries: int = 3
+    step_retry_delay_seconds: float = 60.0
+    rerun_max_attempts: int = 3
+    rerun_days_back: int = 7
+    rerun_batch_size: int = 20
+    rerun_interval_seconds: int = 300
+    alert_interval_seconds: int = 30
+    automation: str = "stopped"
+    schedule_cron: str = "0 6 * * 1-5"
+    schedule_timezone: str = "America/New_York"
+    ui_url: str = "http://127.0.0.1:3000"
+    alert_smtp_host: str = ""
+    alert_smtp_port: int = 25
+    alert_smtp_user: str = ""
+    alert_smtp_starttls: bool = False
+    alert_smtp_password_set: bool = False  # the value itself is only read through dg.EnvVar
+    alert_email_from: str = "backfill-platform@localhost"
+    alert_email_to: tuple[str, ...] = ()
+    alert_webhook_set: bool = False  # the URL is a secret: only read through dg.EnvVar
+    databricks_pool: str = "databricks_runs"
+    # TEST ONLY (fault injection, see faults.py).
+    faults: str = ""
+    fault_state_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.automation not in AUTOMATION_STATUSES:
+            raise SettingsError(
+                f"BACKFILL_AUTOMATION={self.automation!r} is not one of {', '.join(AUTOMATION_STATUSES)}."
+            )
         if self.deployment not in DEPLOYMENTS:
             raise SettingsError(
                 f"BACKFILL_DEPLOYMENT={self.deployment!r} is not one of {', '.join(DEPLOYMENTS)}."
@@ -122,7 +199,53 @@ class Settings:
             values["max_partitions_per_run"] = _parse_positive_int(
                 "BACKFILL_MAX_PARTITIONS_PER_RUN", value
             )
+        values.update(_retry_and_alert_values(env, get))
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _retry_and_alert_values(env: Mapping[str, str], get) -> dict[str, object]:
+    values: dict[str, object] = {}
+    plain = {
+        "BACKFILL_SCHEDULE_CRON": "schedule_cron",
+        "BACKFILL_SCHEDULE_TIMEZONE": "schedule_timezone",
+        "BACKFILL_UI_URL": "ui_url",
+        "BACKFILL_ALERT_SMTP_HOST": "alert_smtp_host",
+        "BACKFILL_ALERT_SMTP_USER": "alert_smtp_user",
+        "BACKFILL_ALERT_EMAIL_FROM": "alert_email_from",
+        "BACKFILL_DATABRICKS_POOL": "databricks_pool",
+        "BACKFILL_FAULTS": "faults",
+    }
+    for var, field in plain.items():
+        if (value := get(var)) is not None:
+            values[field] = value
+    if (value := get("BACKFILL_AUTOMATION")) is not None:
+        values["automation"] = value.lower()
+    if (value := get("BACKFILL_STEP_RETRY_DELAY_SECONDS")) is not None:
+        values["step_retry_delay_seconds"] = _parse_non_negative_float("BACKFILL_STEP_RETRY_DELAY_SECONDS", value)
+    for var, field in {
+        "BACKFILL_STEP_MAX_RETRIES": "step_max_retries",
+        "BACKFILL_RERUN_MAX_ATTEMPTS": "rerun_max_attempts",
+    }.items():
+        if (value := get(var)) is not None:
+            values[field] = _parse_non_negative_int(var, value)
+    for var, field in {
+        "BACKFILL_RERUN_DAYS_BACK": "rerun_days_back",
+        "BACKFILL_RERUN_BATCH_SIZE": "rerun_batch_size",
+        "BACKFILL_RERUN_INTERVAL_SECONDS": "rerun_interval_seconds",
+        "BACKFILL_ALERT_INTERVAL_SECONDS": "alert_interval_seconds",
+        "BACKFILL_ALERT_SMTP_PORT": "alert_smtp_port",
+    }.items():
+        if (value := get(var)) is not None:
+            values[field] = _parse_positive_int(var, value)
+    if (value := get("BACKFILL_ALERT_SMTP_STARTTLS")) is not None:
+        values["alert_smtp_starttls"] = _parse_bool("BACKFILL_ALERT_SMTP_STARTTLS", value)
+    if (value := get("BACKFILL_ALERT_EMAIL_TO")) is not None:
+        values["alert_email_to"] = tuple(filter(None, (part.strip() for part in value.split(","))))
+    values["alert_smtp_password_set"] = get("BACKFILL_ALERT_SMTP_PASSWORD") is not None
+    values["alert_webhook_set"] = get("BACKFILL_ALERT_WEBHOOK_URL") is not None
+    if (value := get("BACKFILL_FAULT_STATE_DIR")) is not None:
+        values["fault_state_dir"] = Path(value).expanduser().resolve()
+    return values
 
 
 def load_settings() -> Settings:

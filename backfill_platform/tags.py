@@ -12,3 +12,12 @@ RERUN_OF_RUN_ID = f"{PREFIX}/rerun_of_run_id"  # the failed run this rerun repai
 RERUN_ATTEMPT = f"{PREFIX}/rerun_attempt"  # 1, 2, ... sensor-driven attempts for this partition
 RERUN_REASON = f"{PREFIX}/rerun_reason"  # short reason (error class / message) of the failure
 REQUESTED_BY = f"{PREFIX}/requested_by"  # "rerun_failed_partitions", "schedule", "cli", ...
+
+# Set by the rerun sensor on a failed run it will not rerun (attempt limit reached, or a logic error);
+# a status report finds give-ups with RunsFilter(tags={GAVE_UP: "true"}).
+GAVE_UP = f"{PREFIX}/rerun_gave_up"
+GAVE_UP_REASON = f"{PREFIX}/rerun_gave_up_reason"
+GAVE_UP_DATES = f"{PREFIX}/rerun_gave_up_dates"
+# Set by the run coordinator (concurrency.py): one tag per business date a run processes.
+DATE_SLOT_PREFIX = f"{PREFIX}/date_slot/"
+DATE_SLOTS_STATUS = f"{PREFIX}/date_slots"

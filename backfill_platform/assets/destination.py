@@ -12,6 +12,8 @@ import json
 import dagster as dg
 
 from backfill_platform.assets.source import source_data
+from backfill_platform.faults import FaultInjector
+from backfill_platform.retries import classified_failures, retry_policy
 from backfill_platform.assets.tables_schema import POSITION_COLUMNS, POSITION_DATE, position_struct
 from backfill_platform.partitions import business_day_partitions, partition_dates
 from backfill_platform.resources.step_launcher import STEP_LAUNCHER_KEY
@@ -25,8 +27,20 @@ from backfill_platform.settings import load_settings
     required_resource_keys={STEP_LAUNCHER_KEY, "pyspark", "tables"},
     kinds={"spark", "delta"},
     group_name="backfill",
+    retry_policy=retry_policy(load_settings()),
+    pool=load_settings().databricks_pool if load_settings().deployment == "databricks" else None,
 )
 def destination_data(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """Copy the source rows of this run's business dates into the destination (see below).
+
+    Failures are classified (``retries.py``): transient ones are retried by the ``RetryPolicy``,
+    logic/data ones fail once with ``Failure(allow_retries=False)``.
+    """
+    with classified_failures(context.partition_keys):
+        return _replace_dates(context)
+
+
+def _replace_dates(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     """Copy the source rows of this run's business dates into the destination, replacing exactly
     those dates (``replaceWhere``) in one Delta commit.
 
@@ -54,6 +68,8 @@ def destination_data(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
             allow_retries=False,
         )
 
+    faults = FaultInjector.from_settings(load_settings())  # TEST ONLY; inert unless BACKFILL_FAULTS
+    source = faults.arm_kill(source, faults.before_write([day.isoformat() for day in dates]))
     _create_destination_if_missing(spark, tables.destination)
     predicate = f"{POSITION_DATE} IN ({', '.join(repr(day.isoformat()) for day in dates)})"
     writer = (

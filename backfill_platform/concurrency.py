@@ -1,0 +1,131 @@
+"""At most one in-flight run per business date, for single-date and range runs alike.
+
+Dagster's run queue can hold at most one run per unique value of a tag
+(``tag_concurrency_limits`` with ``applyLimitPerUniqueValue``). ``dagster/partition`` covers only
+single-partition runs: a range run (a backfill chunk) carries ``dagster/asset_partition_range_start``
+and ``_end`` instead, and two overlapping ranges have different values for those.
+
+This coordinator is Dagster's ``QueuedRunCoordinator`` plus one step at submission: it tags every
+run of a date-partitioned job with one *date slot* per business date it processes::
+
+    backfill_platform/date_slot/<date.toordinal() % partition_slots> = <date>
+
+and adds a per-unique-value limit of 1 for each of the ``partition_slots`` slot keys. Two runs that
+share a date share that date's slot key *and* value, so the queue starts only one of them; runs with
+disjoint dates never share a (key, value) pair as long as each run spans fewer than
+``partition_slots`` calendar days (a date's slot is unique within any such window), so they still
+run in parallel. Default 128 slots: a backfill chunk of 60 business days spans about 85 days.
+A run spanning more calendar days (only possible by hand) is not protected and is tagged
+``backfill_platform/date_slots=unprotected`` with an engine event saying so.
+
+Everything else (``max_concurrent_runs``, other tag limits, pools) is the queued coordinator's own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from dagster import Field, IntSource
+from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
+from dagster._core.run_coordinator.queued_run_coordinator import RunQueueConfig
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._serdes import ConfigurableClassData
+
+from backfill_platform.tags import DATE_SLOT_PREFIX, DATE_SLOTS_STATUS
+
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+DEFAULT_PARTITION_SLOTS = 128
+
+
+def slot_key(day: dt.date, slots: int) -> str:
+    return f"{DATE_SLOT_PREFIX}{day.toordinal() % slots:03d}"
+
+
+def run_dates(tags: Mapping[str, str]) -> list[dt.date] | None:
+    """The business dates a run processes, from its partition tags (None: not date-partitioned)."""
+    try:
+        if tags.get(PARTITION_TAG):
+            return [dt.date.fromisoformat(tags[PARTITION_TAG])]
+        start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+        if start and end:
+            from backfill_platform.partitions import business_day_partitions
+            from dagster import PartitionKeyRange
+
+            keys = business_day_partitions.get_partition_keys_in_range(PartitionKeyRange(start, end))
+            return [dt.date.fromisoformat(key) for key in keys]
+    except ValueError:
+        return None
+    return None
+
+
+def date_slot_tags(tags: Mapping[str, str], slots: int) -> dict[str, str]:
+    dates = run_dates(tags)
+    if not dates:
+        return {}
+    if (dates[-1] - dates[0]).days >= slots:
+        return {DATE_SLOTS_STATUS: "unprotected"}
+    return {slot_key(day, slots): day.isoformat() for day in dates}
+
+
+class PartitionSlotRunCoordinator(QueuedRunCoordinator):
+    """``QueuedRunCoordinator`` + at most one queued-and-started run per business date."""
+
+    def __init__(self, partition_slots: int | None = None, **kwargs: Any):
+        self._partition_slots = int(partition_slots or DEFAULT_PARTITION_SLOTS)
+        super().__init__(**kwargs)
+
+    @classmethod
+    def config_type(cls):
+        schema = dict(QueuedRunCoordinator.config_type())
+        schema["partition_slots"] = Field(
+            IntSource,
+            is_required=False,
+            description="Date-slot tag keys; must exceed the calendar span of any one run (default 128).",
+        )
+        return schema
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]):
+        return cls(
+            inst_data=inst_data,
+            partition_slots=config_value.get("partition_slots"),
+            max_concurrent_runs=config_value.get("max_concurrent_runs"),
+            tag_concurrency_limits=config_value.get("tag_concurrency_limits"),
+            dequeue_interval_seconds=config_value.get("dequeue_interval_seconds"),
+            dequeue_use_threads=config_value.get("dequeue_use_threads"),
+            dequeue_num_workers=config_value.get("dequeue_num_workers"),
+            max_user_code_failure_retries=config_value.get("max_user_code_failure_retries"),
+            user_code_failure_retry_delay=config_value.get("user_code_failure_retry_delay"),
+            block_op_concurrency_limited_runs=config_value.get("block_op_concurrency_limited_runs"),
+        )
+
+    @property
+    def partition_slots(self) -> int:
+        return self._partition_slots
+
+    def get_run_queue_config(self) -> RunQueueConfig:
+        config = super().get_run_queue_config()
+        slot_limits = [
+            {"key": f"{DATE_SLOT_PREFIX}{slot:03d}", "limit": 1, "value": {"applyLimitPerUniqueValue": True}}
+            for slot in range(self._partition_slots)
+        ]
+        return config._replace(tag_concurrency_limits=[*config.tag_concurrency_limits, *slot_limits])
+
+    def submit_run(self, context: SubmitRunContext) -> DagsterRun:
+        run = context.dagster_run
+        extra = date_slot_tags(run.tags, self._partition_slots)
+        if extra:
+            self._instance.add_run_tags(run.run_id, extra)
+            if extra.get(DATE_SLOTS_STATUS) == "unprotected":
+                self._instance.report_engine_event(
+                    f"This run spans more than {self._partition_slots} calendar days: the queue cannot "
+                    "keep other runs of the same dates from running at the same time.",
+                    run,
+                )
+            run = self._instance.get_run_by_id(run.run_id) or run
+            context = SubmitRunContext(run, context.workspace)
+        return super().submit_run(context)

@@ -1,0 +1,134 @@
+"""TEST-ONLY fault injection for ``destination_data`` (acceptance tests of retries and reruns).
+
+Never set ``BACKFILL_FAULTS`` in a real deployment. When it is empty (the default) nothing here
+does anything. When set, it names business dates and what happens when a run processes them::
+
+    BACKFILL_FAULTS="2024-03-04=transient:2,2024-03-05=logic,2024-03-06=kill:1"
+
+- ``transient:N`` the first N attempts that include the date raise a transient (network-style)
+  error; later attempts succeed. Step retries, run retries and the rerun sensor see a real failure.
+- ``logic`` every attempt that includes the date fails with a data-quality error (never retried).
+- ``kill:N`` the first N attempts that include the date SIGKILL the process running the step while
+  Spark executes the Delta write (from inside a Spark task, before Delta commits): the process and
+  its JVM die mid-write, exactly like an OOM kill.
+
+Attempts are counted per date in files under ``BACKFILL_FAULT_STATE_DIR`` (default
+``<BACKFILL_DATA_DIR>/fault-injection``), so counts survive process deaths and span runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from backfill_platform.retries import DataQualityError
+from backfill_platform.settings import Settings, SettingsError
+
+KINDS = ("transient", "logic", "kill")
+
+
+class InjectedTransientFault(ConnectionError):
+    """TEST ONLY: an injected transient failure (classified like a network error)."""
+
+
+class InjectedLogicFault(DataQualityError):
+    """TEST ONLY: an injected data-quality failure (never retried)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    kind: str
+    times: int = 1  # transient / kill: how many attempts fail
+
+
+def parse_faults(spec: str) -> dict[str, Fault]:
+    faults: dict[str, Fault] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        day, _, what = item.partition("=")
+        kind, _, times = what.strip().partition(":")
+        if kind not in KINDS or not day.strip():
+            raise SettingsError(
+                f"BACKFILL_FAULTS item {item!r}: use DATE=transient:N, DATE=logic or DATE=kill:N."
+            )
+        try:
+            count = int(times) if times else 1
+        except ValueError:
+            raise SettingsError(f"BACKFILL_FAULTS item {item!r}: N must be a whole number.") from None
+        faults[day.strip()] = Fault(kind, count)
+    return faults
+
+
+class FaultInjector:
+    def __init__(self, faults: dict[str, Fault], state_dir: Path):
+        self.faults = faults
+        self.state_dir = Path(state_dir)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FaultInjector:
+        state_dir = settings.fault_state_dir or Path(settings.data_dir) / "fault-injection"
+        return cls(parse_faults(settings.faults), state_dir)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.faults)
+
+    def _next_attempt(self, day: str) -> int:
+        """Record one more attempt of ``day`` and return its number (1, 2, ...), across processes."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / f"{day}.attempts", "a+") as counter:
+            fcntl.flock(counter, fcntl.LOCK_EX)
+            counter.seek(0)
+            attempt = len(counter.read().splitlines()) + 1
+            counter.write(f"{os.getpid()}\n")
+            counter.flush()
+            fcntl.flock(counter, fcntl.LOCK_UN)
+        return attempt
+
+    def attempts(self, day: str) -> int:
+        path = self.state_dir / f"{day}.attempts"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    def before_write(self, dates: Sequence[str]) -> list[str]:
+        """Raise the injected failures of this attempt; return the dates whose kill is armed."""
+        if not self.enabled:
+            return []
+        mine = [day for day in dates if day in self.faults]
+        logic = [day for day in mine if self.faults[day].kind == "logic"]
+        if logic:
+            for day in logic:
+                self._next_attempt(day)
+            raise InjectedLogicFault(
+                f"TEST-ONLY injected data-quality failure for {', '.join(logic)}", dates=logic
+            )
+        failing, armed = [], []
+        for day in mine:
+            fault = self.faults[day]
+            attempt = self._next_attempt(day)
+            if attempt <= fault.times:
+                (failing if fault.kind == "transient" else armed).append(f"{day} (attempt {attempt}/{fault.times})")
+        if failing:
+            raise InjectedTransientFault(
+                f"TEST-ONLY injected transient failure: connection reset while processing {', '.join(failing)}"
+            )
+        return armed
+
+    def arm_kill(self, frame, armed: Sequence[str]):
+        """Make the Delta write's Spark tasks SIGKILL this process (the run's step worker)."""
+        if not armed:
+            return frame
+        from pyspark.sql import functions as F
+        from pyspark.sql.types import BooleanType
+
+        target = os.getpid()
+
+        def kill_step_worker(_value) -> bool:
+            import os as _os
+            import signal as _signal
+
+            _os.kill(target, _signal.SIGKILL)
+            return True
+
+        return frame.where(F.udf(kill_step_worker, BooleanType())(F.col(frame.columns[0])))

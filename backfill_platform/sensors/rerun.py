@@ -1,0 +1,188 @@
+"""``rerun_failed_partitions``: the seed's ``05_retry_failed_jobs`` notebook, as a Dagster sensor.
+
+Each tick:
+
+1. reads only the failed runs of ``destination_data`` that changed since its cursor (the first tick
+   looks back ``BACKFILL_RERUN_DAYS_BACK`` days, the seed's ``retry_days_back``) and remembers, per
+   date, the latest failure: run id, error class, sensor attempt number;
+2. asks Dagster's asset status cache (one incremental query for all ~1,750 partitions) which of
+   those dates are still failed and have no run queued or in progress (a date that a later run
+   materialized, or that is queued/running again, is left alone); runs that run retries will
+   retry (``dagster/will_retry=true``) are left to run retries;
+3. requests at most ``BACKFILL_RERUN_BATCH_SIZE`` reruns, one run per date (a failed range run is
+   thereby split into single dates), each tagged with its lineage: ``rerun_of_run_id``,
+   ``rerun_attempt`` (1, 2, ...), ``rerun_reason``, ``requested_by``;
+4. gives up on a date whose failure is a logic/data error, or whose failed run was already attempt
+   ``BACKFILL_RERUN_MAX_ATTEMPTS``: it tags that run ``backfill_platform/rerun_gave_up=true`` (plus
+   ``..._reason``), logs it, and names it in the tick's message. A status report finds every
+   give-up with ``instance.get_runs(RunsFilter(tags={GAVE_UP: "true"}))`` (``tags.GAVE_UP``).
+
+The cursor is JSON: ``{"after": <update timestamp of the last failed run read>, "pending": {date:
+failure}, "given_up": {date: failure}}``; ``pending`` holds only dates still waiting for a decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import dagster as dg
+from dagster._core.storage.tags import WILL_RETRY_TAG
+
+from backfill_platform import tags
+from backfill_platform.partitions import business_day_partitions
+from backfill_platform.retries import LOGIC
+from backfill_platform.sensors.failures import (
+    DESTINATION,
+    RERUN_SENSOR_NAME,
+    FailedRun,
+    describe_failed_run,
+    failed_runs_since,
+)
+from backfill_platform.settings import Settings
+
+GIVEN_UP_KEPT = 500  # give-ups remembered in the cursor (the run tags keep all of them)
+
+
+@dataclasses.dataclass
+class RerunCursor:
+    after: float
+    pending: dict[str, dict]
+    given_up: dict[str, dict]
+
+    @classmethod
+    def load(cls, raw: str | None, default_after: float) -> RerunCursor:
+        if not raw:
+            return cls(default_after, {}, {})
+        data = json.loads(raw)
+        return cls(float(data.get("after", default_after)), data.get("pending", {}), data.get("given_up", {}))
+
+    def dump(self) -> str:
+        given_up = dict(sorted(self.given_up.items())[-GIVEN_UP_KEPT:])
+        return json.dumps({"after": self.after, "pending": self.pending, "given_up": given_up}, sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RerunDecision:
+    reruns: list[dg.RunRequest]
+    gave_up: dict[str, str]  # date -> why
+    waiting: int  # failed dates left for later ticks (batch limit, or a run in flight)
+    cursor: RerunCursor
+
+
+def decide_reruns(instance: dg.DagsterInstance, cursor: RerunCursor, settings: Settings, now: float) -> RerunDecision:
+    window_start = now - settings.rerun_days_back * 86400
+    # 1. new failures since the cursor
+    for run, updated, created in failed_runs_since(instance, max(cursor.after, window_start)):
+        cursor.after = max(cursor.after, updated)
+        if instance.run_retries_enabled and WILL_RETRY_TAG not in run.tags:
+            continue  # run retries have not decided yet; the run is read again once they have
+        failed = describe_failed_run(instance, run, created)
+        for day in failed.partitions:
+            given_up = cursor.given_up.get(day)
+            if given_up and given_up["timestamp"] >= failed.timestamp:
+                continue
+            pending = cursor.pending.get(day)
+            if pending and pending["timestamp"] > failed.timestamp:
+                continue  # a later run of this date already failed
+            cursor.given_up.pop(day, None)
+            cursor.pending[day] = dataclasses.asdict(failed)
+    cursor.pending = {day: f for day, f in cursor.pending.items() if f["timestamp"] >= window_start}
+    if not cursor.pending:
+        return RerunDecision([], {}, 0, cursor)
+
+    # 2. which of them are still failed, with nothing queued or running
+    from dagster._core.storage.partition_status_cache import AssetPartitionStatus
+
+    status = instance.get_status_by_partition(DESTINATION, sorted(cursor.pending), business_day_partitions) or {}
+    reruns: list[dg.RunRequest] = []
+    gave_up: dict[str, str] = {}
+    waiting = 0
+    for day in sorted(cursor.pending, key=lambda d: (cursor.pending[d]["timestamp"], d)):
+        failure = FailedRun(**{**cursor.pending[day], "partitions": tuple(cursor.pending[day]["partitions"]),
+                               "bad_dates": tuple(cursor.pending[day]["bad_dates"])})
+        state = status.get(day)
+        if state == AssetPartitionStatus.MATERIALIZED:
+            del cursor.pending[day]  # repaired by some later run
+            continue
+        if state == AssetPartitionStatus.IN_PROGRESS or failure.will_retry:
+            waiting += 1
+            continue
+        single = len(failure.partitions) == 1
+        if failure.error_class == LOGIC and (single or day in failure.bad_dates):
+            why = f"logic/data error, not retried: {failure.message.splitlines()[0] if failure.message else failure.reason}"
+        elif single and failure.rerun_attempt >= settings.rerun_max_attempts:
+            why = f"still failing after {failure.rerun_attempt} sensor rerun(s) (limit {settings.rerun_max_attempts})"
+        else:
+            why = ""
+        if why:
+            gave_up[day] = why
+            cursor.given_up[day] = {**cursor.pending.pop(day), "why": why}
+            _tag_give_up(instance, failure.run_id, day, why)
+            continue
+        if len(reruns) >= settings.rerun_batch_size:
+            waiting += 1
+            continue
+        attempt = failure.rerun_attempt + 1
+        reruns.append(
+            dg.RunRequest(
+                run_key=f"rerun:{failure.run_id}:{day}",
+                partition_key=day,
+                tags={
+                    tags.RERUN_OF_RUN_ID: failure.run_id,
+                    tags.RERUN_ATTEMPT: str(attempt),
+                    tags.RERUN_REASON: f"{failure.error_class}: {failure.reason}"[:200],
+                    tags.REQUESTED_BY: RERUN_SENSOR_NAME,
+                },
+            )
+        )
+        del cursor.pending[day]
+    return RerunDecision(reruns, gave_up, waiting, cursor)
+
+
+def _tag_give_up(instance: dg.DagsterInstance, run_id: str, day: str, why: str) -> None:
+    run = instance.get_run_by_id(run_id)
+    days = sorted({*filter(None, (run.tags.get(tags.GAVE_UP_DATES, "") if run else "").split(",")), day})
+    instance.add_run_tags(
+        run_id, {tags.GAVE_UP: "true", tags.GAVE_UP_DATES: ",".join(days), tags.GAVE_UP_REASON: why[:200]}
+    )
+
+
+def build_rerun_sensor(settings: Settings, job) -> dg.SensorDefinition:
+    default_status = (
+        dg.DefaultSensorStatus.RUNNING if settings.automation == "running" else dg.DefaultSensorStatus.STOPPED
+    )
+
+    @dg.sensor(
+        name=RERUN_SENSOR_NAME,
+        job=job,
+        minimum_interval_seconds=settings.rerun_interval_seconds,
+        default_status=default_status,
+        description=(
+            "Reruns destination_data dates whose latest run failed (one run per date, bounded batches, "
+            f"at most {settings.rerun_max_attempts} reruns per date, failures of the last "
+            f"{settings.rerun_days_back} days); gives up on logic errors and reports give-ups."
+        ),
+    )
+    def rerun_failed_partitions(context: dg.SensorEvaluationContext):
+        started = time.perf_counter()
+        now = time.time()
+        cursor = RerunCursor.load(context.cursor, now - settings.rerun_days_back * 86400)
+        decision = decide_reruns(context.instance, cursor, settings, now)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        for day, why in sorted(decision.gave_up.items()):
+            context.log.warning(f"Gave up on {day}: {why}")
+        summary = (
+            f"{len(decision.reruns)} rerun(s) requested"
+            + (f" ({', '.join(r.partition_key for r in decision.reruns)})" if decision.reruns else "")
+            + (f"; gave up on {len(decision.gave_up)}: "
+               + "; ".join(f"{d} ({w})" for d, w in sorted(decision.gave_up.items())) if decision.gave_up else "")
+            + f"; {decision.waiting} failed date(s) waiting; tick took {elapsed_ms:.0f} ms"
+        )
+        context.log.info(summary)
+        if decision.reruns:
+            return dg.SensorResult(run_requests=decision.reruns, cursor=decision.cursor.dump())
+        return dg.SensorResult(skip_reason=dg.SkipReason(summary), cursor=decision.cursor.dump())
+
+    return rerun_failed_partitions
