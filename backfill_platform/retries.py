@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import dagster as dg
 
@@ -69,10 +69,12 @@ class Rule:
     type_names: tuple[str, ...] = ()  # class names anywhere in the exception's MRO
     conditions: tuple[str, ...] = ()  # PySparkException.getCondition() prefixes
     message: str | None = None  # regex searched in str(error), case-insensitive
+    when: Callable[[BaseException], bool] | None = None  # extra condition on a type match
 
     def matches(self, error: BaseException) -> bool:
         if self.type_names and _type_names(error) & set(self.type_names):
-            return True
+            if self.when is None or self.when(error):
+                return True
         if self.conditions:
             condition = _spark_condition(error)
             if condition and condition.startswith(self.conditions):
@@ -112,6 +114,8 @@ RULES: list[Rule] = [
                      "TemporarilyUnavailable", "DeadlineExceeded", "Unknown", "DataLoss"),
          message=r"\b(429|50[0-4])\b.*(error|status|too many|unavailable)|"
                  r"(status|error)( code)?:? ?(429|50[0-4])\b|too many requests|service unavailable"),
+    # any other HTTP status error (4xx): not a network problem, even though HTTPError is a URLError
+    Rule(UNKNOWN, "HTTP client error", type_names=("HTTPError",), when=lambda e: _http_status(e) is not None),
     Rule(TRANSIENT, "Databricks internal error / lost driver / cluster start failure",
          message=r"INTERNAL_ERROR|DRIVER_(UNREACHABLE|UNRESPONSIVE|ERROR)|driver (is )?(temporarily )?"
                  r"(unavailable|unreachable|unresponsive|was lost|has stopped unexpectedly)|lost driver|"
@@ -154,6 +158,14 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
 
 def _type_names(error: BaseException) -> set[str]:
     return {cls.__name__ for cls in type(error).__mro__}
+
+
+def _http_status(error: BaseException) -> int | None:
+    """The HTTP status of a urllib / requests HTTPError (None for other errors)."""
+    status = getattr(error, "code", None)
+    if status is None and getattr(error, "response", None) is not None:
+        status = getattr(error.response, "status_code", None)
+    return status if isinstance(status, int) else None
 
 
 def _spark_condition(error: BaseException) -> str | None:
@@ -249,7 +261,7 @@ __all__ = [
 def classify_text(type_name: str, message: str, rules: Iterable[Rule] | None = None) -> str:
     """Classify a failure known only by its type name and message (e.g. from an event log)."""
     for rule in RULES if rules is None else rules:
-        if type_name and type_name in rule.type_names:
+        if type_name and type_name in rule.type_names and rule.when is None:
             return rule.kind
         if rule.message and re.search(rule.message, message or "", re.IGNORECASE):
             return rule.kind
