@@ -8,9 +8,11 @@ does anything. When set, it names business dates and what happens when a run pro
 - ``transient:N`` the first N attempts that include the date raise a transient (network-style)
   error; later attempts succeed. Step retries, run retries and the rerun sensor see a real failure.
 - ``logic`` every attempt that includes the date fails with a data-quality error (never retried).
-- ``kill:N`` the first N attempts that include the date SIGKILL the process running the step while
-  Spark executes the Delta write (from inside a Spark task, before Delta commits): the process and
-  its JVM die mid-write, exactly like an OOM kill.
+- ``kill:N`` the first N attempts that include the date SIGKILL the run worker (and the step
+  process, with the multiprocess executor) while Spark executes the Delta write, from inside a
+  Spark task before Delta commits: the processes and their JVM die mid-write, like an OOM kill.
+- ``hang:N`` the first N attempts that include the date sleep for an hour before writing, so the
+  run's maximum runtime (``dagster/max_runtime``, run monitoring) ends it.
 
 Attempts are counted per date in files under ``BACKFILL_FAULT_STATE_DIR`` (default
 ``<BACKFILL_DATA_DIR>/fault-injection``), so counts survive process deaths and span runs.
@@ -21,13 +23,14 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from backfill_platform.retries import DataQualityError
 from backfill_platform.settings import Settings, SettingsError
 
-KINDS = ("transient", "logic", "kill")
+KINDS = ("transient", "logic", "kill", "hang")
 
 
 class InjectedTransientFault(ConnectionError):
@@ -103,12 +106,15 @@ class FaultInjector:
             raise InjectedLogicFault(
                 f"TEST-ONLY injected data-quality failure for {', '.join(logic)}", dates=logic
             )
-        failing, armed = [], []
+        failing, armed, hanging = [], [], []
         for day in mine:
             fault = self.faults[day]
             attempt = self._next_attempt(day)
             if attempt <= fault.times:
-                (failing if fault.kind == "transient" else armed).append(f"{day} (attempt {attempt}/{fault.times})")
+                target = {"transient": failing, "kill": armed, "hang": hanging}[fault.kind]
+                target.append(f"{day} (attempt {attempt}/{fault.times})")
+        if hanging:
+            time.sleep(3600)  # ended by the run's maximum runtime (run monitoring terminates the run)
         if failing:
             raise InjectedTransientFault(
                 f"TEST-ONLY injected transient failure: connection reset while processing {', '.join(failing)}"
@@ -116,19 +122,42 @@ class FaultInjector:
         return armed
 
     def arm_kill(self, frame, armed: Sequence[str]):
-        """Make the Delta write's Spark tasks SIGKILL this process (the run's step worker)."""
+        """Make the Delta write's Spark tasks SIGKILL the run's worker process(es) mid-write."""
         if not armed:
             return frame
         from pyspark.sql import functions as F
         from pyspark.sql.types import BooleanType
 
-        target = os.getpid()
+        targets = run_worker_pids()
 
-        def kill_step_worker(_value) -> bool:
+        def kill_run_worker(_value) -> bool:
             import os as _os
             import signal as _signal
 
-            _os.kill(target, _signal.SIGKILL)
+            for pid in targets:
+                try:
+                    _os.kill(pid, _signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             return True
 
-        return frame.where(F.udf(kill_step_worker, BooleanType())(F.col(frame.columns[0])))
+        return frame.where(F.udf(kill_run_worker, BooleanType())(F.col(frame.columns[0])))
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def run_worker_pids() -> list[int]:
+    """This process, and its parent when that is the run worker of a multiprocess executor.
+
+    With the multiprocess executor the step runs in a child of the run worker (both are
+    ``multiprocessing`` spawn children); with the in-process executor this process is the run worker
+    and its parent is the code server (``dagster api grpc``), which must survive.
+    """
+    parent = os.getppid()
+    pids = [parent] if "spawn_main" in _cmdline(parent) and "spawn_main" in _cmdline(os.getpid()) else []
+    return pids + [os.getpid()]

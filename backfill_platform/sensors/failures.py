@@ -83,7 +83,7 @@ def describe_failed_run(instance: dg.DagsterInstance, run: DagsterRun, timestamp
         engine = [
             event.message
             for event in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
-            if event.message and ("exit" in event.message or "runtime" in event.message)
+            if event.message and any(word in event.message for word in ("exit", "runtime", "terminated by signal"))
         ]
         message = (run_failures[-1].message if run_failures else "") or ""
         if engine:

@@ -15,7 +15,10 @@ Each tick:
 4. gives up on a date whose failure is a logic/data error, or whose failed run was already attempt
    ``BACKFILL_RERUN_MAX_ATTEMPTS``: it tags that run ``backfill_platform/rerun_gave_up=true`` (plus
    ``..._reason``), logs it, and names it in the tick's message. A status report finds every
-   give-up with ``instance.get_runs(RunsFilter(tags={GAVE_UP: "true"}))`` (``tags.GAVE_UP``).
+   give-up with ``instance.get_runs(RunsFilter(tags={GAVE_UP: "true"}))`` (``tags.GAVE_UP``), and
+   the sensor records an ``AssetObservation`` of the partition with metadata
+   ``rerun_gave_up_reason``, ``failed_run_id``, ``rerun_attempts`` (``instance.fetch_observations``,
+   and in the UI on the partition's page).
 
 The cursor is JSON: ``{"after": <update timestamp of the last failed run read>, "pending": {date:
 failure}, "given_up": {date: failure}}``; ``pending`` holds only dates still waiting for a decision.
@@ -181,8 +184,24 @@ def build_rerun_sensor(settings: Settings, job) -> dg.SensorDefinition:
             + f"; {decision.waiting} failed date(s) waiting; tick took {elapsed_ms:.0f} ms"
         )
         context.log.info(summary)
+        observations = [
+            dg.AssetObservation(
+                asset_key=DESTINATION,
+                partition=day,
+                metadata={
+                    "rerun_gave_up_reason": why,
+                    "failed_run_id": decision.cursor.given_up[day]["run_id"],
+                    "rerun_attempts": decision.cursor.given_up[day]["rerun_attempt"],
+                },
+            )
+            for day, why in sorted(decision.gave_up.items())
+        ]
         if decision.reruns:
-            return dg.SensorResult(run_requests=decision.reruns, cursor=decision.cursor.dump())
-        return dg.SensorResult(skip_reason=dg.SkipReason(summary), cursor=decision.cursor.dump())
+            return dg.SensorResult(
+                run_requests=decision.reruns, asset_events=observations, cursor=decision.cursor.dump()
+            )
+        return dg.SensorResult(
+            skip_reason=dg.SkipReason(summary), asset_events=observations, cursor=decision.cursor.dump()
+        )
 
     return rerun_failed_partitions

@@ -1,0 +1,406 @@
+"""Acceptance of issue 4 with injected faults: a real instance with the project's dagster.yaml
+(date-slot run coordinator, run retries, run monitoring), a real ``dagster-daemon`` (queue, backfills,
+run retries, monitoring, sensors), real local Spark + Delta runs, a real SMTP server (aiosmtpd) and a
+real HTTP endpoint on 127.0.0.1 receiving the alerts.
+
+All scenarios share one deployment and are launched together at the start (runs are the costly
+part: each starts a JVM), then each test checks its own scenario:
+
+- ``S1`` 20 business days of February 2024 (chunks of 10), 6 of them (30%) failing transiently 1-2
+  times, plus ``S2`` an overlapping backfill of 10 of those days launched at the same moment;
+- ``S3`` a 5-day chunk where 2024-03-06 has a logic error and 2024-03-08 fails transiently forever;
+- ``S4`` 2024-03-12: the step worker is SIGKILLed during the Delta write;
+- ``S5`` 2024-03-14: the step hangs; the run's max runtime ends it and run retries retry it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import http.server
+import json
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+from backfill_platform import backfills, tags
+from backfill_platform.assets.source import source_data
+from backfill_platform.definitions import defs
+from backfill_platform.partitions import business_days_between
+from backfill_platform.resources import local_resources
+from backfill_platform.settings import Settings
+
+from ..conftest import ARTIFACTS, free_port, make_dagster_home, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+FEBRUARY = business_days_between("2024-02-01", "2024-02-29")  # 20 business days (19th: Presidents Day)
+OVERLAP = business_days_between("2024-02-12", "2024-02-26")  # 10 of them, across both chunks
+TRANSIENT = {"2024-02-02": 1, "2024-02-07": 2, "2024-02-13": 1, "2024-02-15": 2, "2024-02-22": 1, "2024-02-28": 2}
+CHUNK = business_days_between("2024-03-04", "2024-03-08")
+LOGIC_DAY, HOPELESS_DAY, KILL_DAY, HANG_DAY = "2024-03-06", "2024-03-08", "2024-03-12", "2024-03-14"
+ROWS_PER_DATE = 5
+STEP_RETRIES, RERUN_MAX_ATTEMPTS, MAX_RUNTIME = 3, 2, 90
+FAULTS = ",".join(
+    [f"{day}=transient:{n}" for day, n in TRANSIENT.items()]
+    + [f"{LOGIC_DAY}=logic", f"{HOPELESS_DAY}=transient:99", f"{KILL_DAY}=kill:1", f"{HANG_DAY}=hang:1"]
+)
+
+
+class SmtpSink:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1 that keeps what it receives."""
+
+    def __init__(self):
+        self.messages: list[email.message.Message] = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+class WebhookSink(http.server.BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        WebhookSink.received.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+def _test_home(path: Path) -> Path:
+    """The project's dagster.yaml with short intervals for the test (same keys, smaller numbers)."""
+    home = make_dagster_home(path)
+    config = yaml.safe_load((home / "dagster.yaml").read_text())
+    config["run_monitoring"].update({"poll_interval_seconds": 1, "start_timeout_seconds": 180})
+    config["run_coordinator"]["config"]["dequeue_interval_seconds"] = 1
+    config["sensors"] = {"use_threads": True, "num_workers": 2}
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    return home
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, spark):
+    root = tmp_path_factory.mktemp("retry_acceptance")
+    settings = Settings(data_dir=root / "data")
+    home = _test_home(root / "dagster_home")
+    smtp_sink = SmtpSink()
+    from aiosmtpd.controller import Controller
+
+    smtp = Controller(smtp_sink, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    WebhookSink.received = []
+    webhook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WebhookSink)
+    threading.Thread(target=webhook.serve_forever, daemon=True).start()
+    env = subprocess_env(
+        settings,
+        home,
+        BACKFILL_FAULTS=FAULTS,
+        BACKFILL_MAX_PARTITIONS_PER_RUN="10",
+        BACKFILL_STEP_MAX_RETRIES=str(STEP_RETRIES),
+        BACKFILL_STEP_RETRY_DELAY_SECONDS="0.2",
+        BACKFILL_RERUN_MAX_ATTEMPTS=str(RERUN_MAX_ATTEMPTS),
+        BACKFILL_RERUN_INTERVAL_SECONDS="2",
+        BACKFILL_ALERT_INTERVAL_SECONDS="2",
+        BACKFILL_AUTOMATION="running",
+        BACKFILL_SCHEDULE_CRON="0 6 1 1 *",  # the schedule must not fire during the test
+        BACKFILL_ALERT_SMTP_HOST="127.0.0.1",
+        BACKFILL_ALERT_SMTP_PORT=str(smtp.port),
+        BACKFILL_ALERT_EMAIL_TO="oncall@example.test",
+        BACKFILL_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{webhook.server_address[1]}/hooks/T000/B000",
+        BACKFILL_UI_URL="http://127.0.0.1:3000",
+    )
+    from dagster._core.instance.ref import InstanceRef
+
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    daemon = backfills.DaemonProcess(home, env=env, log_path=ARTIFACTS / "retry_acceptance_daemon.log")
+    try:
+        # The source, written in this process with the shared Spark session and recorded in the instance.
+        resources = local_resources(settings)
+        result = dg.materialize(
+            [source_data],
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"source_data": {"config": {
+                "first_day": "2024-02-01", "last_day": "2024-03-29", "rows_per_date": ROWS_PER_DATE}}}},
+        )
+        assert result.success
+        daemon.start()
+        started = time.monotonic()
+        launched = {
+            "february": backfills.launch_destination_backfill(instance, defs, FEBRUARY, title="S1"),
+            "overlap": backfills.launch_destination_backfill(instance, defs, OVERLAP, title="S2"),
+            "chunk": backfills.launch_destination_backfill(instance, defs, CHUNK, title="S3"),
+            "kill": backfills.launch_destination_backfill(
+                instance, defs, [KILL_DAY], title="S4", tags={"dagster/max_retries": "0"}),
+            "hang": backfills.launch_destination_backfill(
+                instance, defs, [HANG_DAY], title="S5", tags={"dagster/max_runtime": str(MAX_RUNTIME)}),
+        }
+        state = _wait_until_settled(instance, smtp_sink, timeout_s=1200)
+        state.update(
+            instance=instance, settings=settings, resources=resources, backfills=launched, smtp=smtp_sink,
+            webhook=WebhookSink.received, wall_s=time.monotonic() - started,
+        )
+        yield state
+    finally:
+        daemon.stop()
+        smtp.stop()
+        webhook.shutdown()
+        webhook.server_close()
+        instance.dispose()
+
+
+def _materialized(instance) -> set[str]:
+    return set(instance.get_materialized_partitions(dg.AssetKey("destination_data")))
+
+
+def _wait_until_settled(instance, smtp_sink, timeout_s: float) -> dict:
+    """Until every date that can land has landed, the hopeless date was given up, both alerts
+    arrived, nothing is queued or running, and two more sensor ticks found nothing to do."""
+    deadline = time.monotonic() + timeout_s
+    expected = set(FEBRUARY) | set(CHUNK) - {LOGIC_DAY, HOPELESS_DAY} | {KILL_DAY, HANG_DAY}
+    quiet_since = None
+    while time.monotonic() < deadline:
+        busy = instance.get_runs(filters=RunsFilter(statuses=[
+            DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+            DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]))
+        gave_up = instance.get_runs(filters=RunsFilter(tags={tags.GAVE_UP: "true"}))
+        gave_up_dates = {d for run in gave_up for d in run.tags.get(tags.GAVE_UP_DATES, "").split(",") if d}
+        done = (
+            expected <= _materialized(instance)
+            and {LOGIC_DAY, HOPELESS_DAY} <= gave_up_dates
+            and len(smtp_sink.messages) >= 2
+            and not busy
+        )
+        if done:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > 8:  # a few more sensor ticks: nothing else may happen
+                return {"settled": True}
+        else:
+            quiet_since = None
+        time.sleep(1)
+    return {"settled": False, "materialized": sorted(_materialized(instance))}
+
+
+def _destination_runs(instance) -> list:
+    return [
+        record for record in instance.get_run_records()
+        if record.dagster_run.asset_selection and dg.AssetKey("destination_data") in record.dagster_run.asset_selection
+    ]
+
+
+def _dates(run) -> list[str]:
+    from backfill_platform.sensors.failures import partitions_of
+
+    return partitions_of(run)
+
+
+def _attempts(instance, run_id: str) -> int:
+    """Step attempts of destination_data in a run, from Dagster's own events."""
+    starts = instance.get_records_for_run(run_id, of_type={
+        dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_RESTARTED}).records
+    return len(starts)
+
+
+def _attempts_by_date(instance, records) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in records:
+        n = _attempts(instance, record.dagster_run.run_id)
+        for day in _dates(record.dagster_run):
+            counts[day] = counts.get(day, 0) + n
+    return counts
+
+
+def _table_rows(spark, settings, days):
+    tables = local_resources(settings)["tables"]
+    from pyspark.sql import functions as F
+
+    dest = tables.destination.read(spark).where(F.col("position_date").isin(days))
+    src = tables.source.read(spark).where(F.col("position_date").isin(days)).select(*dest.columns)
+    return dest, src
+
+
+def _report(name: str, lines: list[str]) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    with open(ARTIFACTS / "retry_acceptance_report.txt", "a") as out:
+        out.write(f"== {name}\n" + "\n".join(lines) + "\n")
+    print(f"\n== {name}\n" + "\n".join(lines))
+
+
+def test_settled(deployment):
+    assert deployment["settled"], f"did not settle: {deployment}"
+    _report("wall", [f"all scenarios settled in {deployment['wall_s']:.0f} s"])
+
+
+def test_transient_failures_all_land_within_limits_and_overlapping_backfills_never_overlap(deployment, spark):
+    instance, settings = deployment["instance"], deployment["settings"]
+    runs = [r for r in _destination_runs(instance) if set(_dates(r.dagster_run)) & set(FEBRUARY)]
+    assert {r.dagster_run.tags.get("dagster/backfill") for r in runs} == {
+        deployment["backfills"]["february"], deployment["backfills"]["overlap"]}
+    assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in runs), [r.dagster_run.status for r in runs]
+    assert len(runs) == 3  # 2 chunks of the 20 days + 1 chunk of the 10 overlapping days; no reruns needed
+    assert set(FEBRUARY) <= _materialized(instance)
+    # limits: each run attempted its step at most 1 + step retries times ...
+    per_run = {r.dagster_run.run_id: _attempts(instance, r.dagster_run.run_id) for r in runs}
+    assert all(1 <= n <= 1 + STEP_RETRIES for n in per_run.values()), per_run
+    # ... and each date failed exactly as often as injected (counted independently by the injector)
+    from backfill_platform.faults import FaultInjector
+
+    injector = FaultInjector.from_settings(settings)
+    by_date = _attempts_by_date(instance, runs)
+    for day, n in TRANSIENT.items():
+        assert injector.attempts(day) == by_date[day], (day, injector.attempts(day), by_date[day])
+        assert by_date[day] >= n + 1
+    # no date had two runs in flight at once
+    for a in runs:
+        for b in runs:
+            if a is b or not set(_dates(a.dagster_run)) & set(_dates(b.dagster_run)):
+                continue
+            assert a.end_time <= b.start_time or b.end_time <= a.start_time, "overlapping runs shared a date"
+    # exactly the source rows, once each
+    dest, src = _table_rows(spark, settings, FEBRUARY)
+    assert dest.count() == src.count() == len(FEBRUARY) * ROWS_PER_DATE
+    assert dest.distinct().count() == dest.count()
+    assert dest.exceptAll(src).count() == 0 and src.exceptAll(dest).count() == 0
+    assert not [m for m in deployment["smtp"].messages if "2024-02" in m["Subject"]]
+    windows = sorted((r.start_time, r.end_time, _dates(r.dagster_run)) for r in runs)
+    t0 = windows[0][0]
+    _report("S1+S2 transient 30% + overlapping backfills", [
+        f"runs: {len(runs)}, all SUCCESS; step attempts per run: {sorted(per_run.values())}",
+        "attempts per faulted date (injected failures -> attempts): "
+        + ", ".join(f"{d}: {n} -> {by_date[d]}" for d, n in TRANSIENT.items()),
+        *[f"run {s - t0:6.1f}..{e - t0:6.1f} s  {d[0]}..{d[-1]} ({len(d)} dates)" for s, e, d in windows],
+        f"rows: destination {dest.count()} == source {src.count()}, distinct {dest.distinct().count()}",
+    ])
+
+
+def test_logic_error_fails_once_chunk_is_bisected_and_the_sensor_gives_up(deployment, spark):
+    instance, settings = deployment["instance"], deployment["settings"]
+    runs = sorted((r for r in _destination_runs(instance) if set(_dates(r.dagster_run)) & set(CHUNK)),
+                  key=lambda r: r.create_timestamp)
+    chunk_run = runs[0]
+    assert _dates(chunk_run.dagster_run) == CHUNK and chunk_run.dagster_run.status == DagsterRunStatus.FAILURE
+    assert _attempts(instance, chunk_run.dagster_run.run_id) == 1  # logic error: no step retry
+    assert chunk_run.dagster_run.tags.get("dagster/will_retry") == "false"  # and no run retry
+    reruns = runs[1:]
+    assert all(len(_dates(r.dagster_run)) == 1 for r in reruns)  # bisected to single dates
+    rerun_dates = sorted(d for r in reruns for d in _dates(r.dagster_run))
+    assert LOGIC_DAY not in rerun_dates  # a logic error is not rerun
+    assert rerun_dates == sorted([*(set(CHUNK) - {LOGIC_DAY}), HOPELESS_DAY])  # hopeless day twice
+    for rerun in reruns:
+        t = rerun.dagster_run.tags
+        assert t[tags.REQUESTED_BY] == "rerun_failed_partitions"
+        assert t[tags.RERUN_OF_RUN_ID] in {r.dagster_run.run_id for r in runs}
+    hopeless = [r for r in reruns if _dates(r.dagster_run) == [HOPELESS_DAY]]
+    assert [r.dagster_run.tags[tags.RERUN_ATTEMPT] for r in hopeless] == ["1", "2"]
+    assert hopeless[1].dagster_run.tags[tags.RERUN_OF_RUN_ID] == hopeless[0].dagster_run.run_id
+    assert all(_attempts(instance, r.dagster_run.run_id) == 1 + STEP_RETRIES for r in hopeless)
+    assert hopeless[1].dagster_run.tags.get(tags.GAVE_UP) == "true"
+    assert chunk_run.dagster_run.run_id in {
+        r.run_id for r in instance.get_runs(filters=RunsFilter(tags={tags.GAVE_UP: "true"}))}
+    landed = _materialized(instance)
+    assert set(CHUNK) - {LOGIC_DAY, HOPELESS_DAY} <= landed and not {LOGIC_DAY, HOPELESS_DAY} & landed
+    dest, src = _table_rows(spark, settings, CHUNK)
+    assert dest.count() == 3 * ROWS_PER_DATE and dest.exceptAll(src).count() == 0
+    # the sensor recorded its give-ups where a status report can query them: observations of the
+    # partitions (metadata rerun_gave_up / reason) next to the run tags checked above
+    observations = {
+        record.partition_key: record.asset_observation.metadata
+        for record in instance.fetch_observations(dg.AssetKey("destination_data"), limit=100).records
+        if record.asset_observation and "rerun_gave_up_reason" in record.asset_observation.metadata
+    }
+    assert {LOGIC_DAY, HOPELESS_DAY} <= set(observations), observations
+    assert "limit 2" in observations[HOPELESS_DAY]["rerun_gave_up_reason"].value
+    assert "logic" in observations[LOGIC_DAY]["rerun_gave_up_reason"].value
+    skip_messages = [t.skip_reason for t in _sensor_ticks(instance, "rerun_failed_partitions") if t.skip_reason]
+    gave_up_messages = [m for m in skip_messages if "gave up on" in m] or ["(the give-ups were in ticks with reruns)"]
+    # exactly one alert per finally failed date, on both channels
+    mails = deployment["smtp"].messages
+    hooks = deployment["webhook"]
+    assert len(mails) == 2 and len(hooks) == 2, ([m["Subject"] for m in mails], hooks)
+    by_day = {day: [m for m in mails if day in m["Subject"]] for day in (LOGIC_DAY, HOPELESS_DAY)}
+    assert all(len(found) == 1 for found in by_day.values()), [m["Subject"] for m in mails]
+    logic_body = by_day[LOGIC_DAY][0].get_payload()
+    assert "logic/data error" in logic_body and "injected data-quality failure" in logic_body
+    assert f"http://127.0.0.1:3000/runs/{chunk_run.dagster_run.run_id}" in logic_body
+    hopeless_body = by_day[HOPELESS_DAY][0].get_payload()
+    assert "gave up after 2 sensor rerun(s)" in hopeless_body and "connection reset" in hopeless_body
+    assert f"/runs/{hopeless[1].dagster_run.run_id}" in hopeless_body
+    assert sorted(LOGIC_DAY in h["text"] for h in hooks) == [False, True]
+    assert "hooks/T000" not in logic_body  # the webhook URL (a secret) is not in messages
+    _report("S3 logic error in a chunk + bisect + attempt limit + alerts", [
+        f"chunk run {CHUNK[0]}..{CHUNK[-1]}: FAILURE after {_attempts(instance, chunk_run.dagster_run.run_id)} attempt, "
+        f"will_retry={chunk_run.dagster_run.tags.get('dagster/will_retry')}",
+        "sensor reruns: " + ", ".join(
+            f"{_dates(r.dagster_run)[0]} attempt {r.dagster_run.tags[tags.RERUN_ATTEMPT]} "
+            f"{r.dagster_run.status.value} ({_attempts(instance, r.dagster_run.run_id)} step attempts)" for r in reruns),
+        f"gave up: {LOGIC_DAY} (logic), {HOPELESS_DAY} (limit {RERUN_MAX_ATTEMPTS}); "
+        f"tick message: {gave_up_messages[0][:200]}",
+        f"alerts: {len(mails)} emails {[m['Subject'] for m in mails]}, {len(hooks)} webhook posts",
+        f"rows for the chunk: {dest.count()} (3 dates x {ROWS_PER_DATE})",
+    ])
+
+
+def _sensor_ticks(instance, name):
+    from dagster._core.definitions.run_request import InstigatorType
+
+    state = next(s for s in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR) if s.name == name)
+    return instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=500)
+
+
+def test_killed_worker_leaves_no_partial_data_and_the_sensor_completes_the_date(deployment, spark):
+    instance, settings = deployment["instance"], deployment["settings"]
+    runs = sorted((r for r in _destination_runs(instance) if _dates(r.dagster_run) == [KILL_DAY]),
+                  key=lambda r: r.create_timestamp)
+    assert [r.dagster_run.status for r in runs] == [DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS]
+    killed, rerun = runs
+    failure_text = " ".join(
+        e.message or "" for e in instance.all_logs(killed.dagster_run.run_id)
+        if e.dagster_event and e.dagster_event.event_type in (
+            dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.ENGINE_EVENT))
+    # the code server that launched the run worker saw it die and marked the run failed
+    assert "Run execution process" in failure_text and "SIGKILL" in failure_text, failure_text[-500:]
+    assert _attempts(instance, killed.dagster_run.run_id) == 1
+    assert rerun.dagster_run.tags[tags.RERUN_OF_RUN_ID] == killed.dagster_run.run_id
+    assert rerun.dagster_run.tags[tags.RERUN_ATTEMPT] == "1"
+    # Delta atomicity: no version of the table ever held part of the date
+    tables = local_resources(settings)["tables"]
+    from pyspark.sql import functions as F
+
+    counts = {}
+    for row in tables.destination.delta_table(spark).history().select("version").collect():
+        frame = spark.read.format("delta").option("versionAsOf", row[0]).load(tables.destination.path)
+        counts[row[0]] = frame.where(F.col("position_date") == KILL_DAY).count()
+    assert set(counts.values()) <= {0, ROWS_PER_DATE} and counts[max(counts)] == ROWS_PER_DATE, counts
+    _report("S4 SIGKILL mid-write", [
+        f"killed run {killed.dagster_run.run_id[:8]}: FAILURE ({failure_text.strip()[:160]})",
+        f"sensor rerun {rerun.dagster_run.run_id[:8]} (attempt 1): SUCCESS",
+        f"rows of {KILL_DAY} in each of the {len(counts)} table versions: {sorted(set(counts.values()))} (never partial)",
+    ])
+
+
+def test_run_timeout_is_enforced_and_retried_by_run_retries(deployment):
+    instance = deployment["instance"]
+    runs = sorted((r for r in _destination_runs(instance) if _dates(r.dagster_run) == [HANG_DAY]),
+                  key=lambda r: r.create_timestamp)
+    assert [r.dagster_run.status for r in runs] == [DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS]
+    timed_out, retry = runs
+    messages = " ".join(e.message or "" for e in instance.all_logs(timed_out.dagster_run.run_id))
+    assert f"maximum runtime of {MAX_RUNTIME} seconds" in messages
+    assert retry.dagster_run.tags.get("dagster/retry_number") == "1"  # a run retry, not a sensor rerun
+    assert retry.dagster_run.parent_run_id == timed_out.dagster_run.run_id
+    assert tags.REQUESTED_BY not in retry.dagster_run.tags
+    _report("S5 run timeout + run retry", [
+        f"run {timed_out.dagster_run.run_id[:8]}: FAILURE after {timed_out.end_time - timed_out.start_time:.0f} s "
+        f"(max runtime {MAX_RUNTIME} s)",
+        f"run retry {retry.dagster_run.run_id[:8]} (dagster/retry_number=1, from failure): SUCCESS",
+    ])
