@@ -25,4 +25,7 @@ defs = dg.Definitions(
     sensors=_automation["sensors"],
     schedules=_automation["schedules"],
     resources={**resources_for(load_settings()), **_automation["resources"]},
+    # One step per run: the step runs in the run worker, so step retries reuse its warm Spark
+    # session instead of starting a new process and JVM per attempt (multiprocess executor).
+    executor=dg.in_process_executor,
 )

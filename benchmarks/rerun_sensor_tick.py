@@ -33,7 +33,7 @@ from backfill_platform.settings import Settings  # noqa: E402
 
 
 @dg.asset(name="destination_data", partitions_def=business_day_partitions)
-def failing_destination(context: dg.AssetExecutionContext) -> None:
+def failing_destination(context):
     with classified_failures(context.partition_keys):
         raise ConnectionResetError("benchmark: connection reset by peer")
 

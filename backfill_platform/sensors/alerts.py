@@ -116,7 +116,7 @@ def build_alert_sensor(settings: Settings) -> dg.SensorDefinition:
     )
     def alert_on_final_failure(context: dg.RunFailureSensorContext, alerts: AlertNotifier):
         run = context.dagster_run
-        if not targets_destination(run):
+        if not targets_destination(run, context.instance):
             return dg.SkipReason(f"run {run.run_id} does not materialize destination_data")
         record = context.instance.get_run_record_by_id(run.run_id)
         failed = describe_failed_run(

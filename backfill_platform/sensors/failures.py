@@ -45,10 +45,15 @@ class FailedRun:
     timestamp: float  # when the run was created (orders the failures of one date)
 
 
-def targets_destination(run: DagsterRun) -> bool:
+def targets_destination(run: DagsterRun, instance: dg.DagsterInstance | None = None) -> bool:
     if run.job_name == DESTINATION_JOB:
         return True
-    return bool(run.asset_selection and DESTINATION in run.asset_selection)
+    if run.asset_selection is not None:
+        return DESTINATION in run.asset_selection
+    if instance is not None and run.execution_plan_snapshot_id:  # a job of all its assets
+        plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+        return any(step.key == "destination_data" for step in plan.steps)
+    return False
 
 
 def partitions_of(run: DagsterRun) -> list[str]:
@@ -156,5 +161,5 @@ def failed_runs_since(
     return [
         (record.dagster_run, record.update_timestamp.timestamp(), record.create_timestamp.timestamp())
         for record in records
-        if targets_destination(record.dagster_run)
+        if targets_destination(record.dagster_run, instance)
     ]
