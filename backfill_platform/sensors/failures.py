@@ -48,7 +48,7 @@ class FailedRun:
 def targets_destination(run: DagsterRun, instance: dg.DagsterInstance | None = None) -> bool:
     if run.job_name == DESTINATION_JOB:
         return True
-    if run.asset_selection is not None:
+    if run.asset_selection:
         return DESTINATION in run.asset_selection
     if instance is not None and run.execution_plan_snapshot_id:  # a job of all its assets
         plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
