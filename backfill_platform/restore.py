@@ -85,7 +85,8 @@ def resolve_version(history: list[tuple[int, dt.datetime]], version: int | None,
 def _rows_per_date(frame) -> dict[str, tuple[int, int]]:
     from pyspark.sql import functions as F
 
-    fingerprint = F.xxhash64(*(F.col(c) for c in POSITION_COLUMNS))
+    # order-independent content fingerprint; pmod keeps the sum far from overflow (ANSI mode)
+    fingerprint = F.pmod(F.xxhash64(*(F.col(c) for c in POSITION_COLUMNS)), F.lit(2_147_483_647))
     rows = frame.groupBy(POSITION_DATE).agg(F.count("*"), F.sum(fingerprint)).collect()
     return {row[0].isoformat(): (int(row[1]), int(row[2] or 0)) for row in rows}
 

@@ -25,11 +25,8 @@ warnings.filterwarnings("ignore")
 
 import dagster as dg  # noqa: E402
 
-from backfill_platform.jobs import destination_data_job  # noqa: E402
 from backfill_platform.partitions import business_day_partitions  # noqa: E402
 from backfill_platform.retries import classified_failures  # noqa: E402
-from backfill_platform.sensors.rerun import build_rerun_sensor  # noqa: E402
-from backfill_platform.settings import Settings  # noqa: E402
 
 
 @dg.asset(name="destination_data", partitions_def=business_day_partitions)
@@ -50,11 +47,14 @@ def main(single_runs: int) -> None:
         for key in random.Random(1).sample(keys, single_runs):
             dg.materialize([failing_destination], instance=instance, partition_key=key, raise_on_error=False)
         print(f"setup: 1 range run + {single_runs} single-date failed runs in {time.perf_counter() - started:.0f} s")
-        settings = Settings(rerun_days_back=7, rerun_batch_size=20, rerun_max_attempts=3)
-        sensor = build_rerun_sensor(settings, destination_data_job)
+        from backfill_platform.definitions import defs
+
+        sensor = defs.get_sensor_def("rerun_failed_partitions")  # default settings: batch 20, 7 days
         cursor, timings = None, []
         for tick in range(1, 6):
-            with dg.build_sensor_context(instance=instance, cursor=cursor) as context:
+            with dg.build_sensor_context(
+                instance=instance, cursor=cursor, repository_def=defs.get_repository_def()
+            ) as context:
                 t0 = time.perf_counter()
                 result = sensor.evaluate_tick(context)
                 timings.append(time.perf_counter() - t0)
@@ -65,4 +65,4 @@ def main(single_runs: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 30)

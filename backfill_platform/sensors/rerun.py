@@ -20,8 +20,10 @@ Each tick:
    ``rerun_gave_up_reason``, ``failed_run_id``, ``rerun_attempts`` (``instance.fetch_observations``,
    and in the UI on the partition's page).
 
-The cursor is JSON: ``{"after": <update timestamp of the last failed run read>, "pending": {date:
-failure}, "given_up": {date: failure}}``; ``pending`` holds only dates still waiting for a decision.
+The cursor is JSON: ``{"after": <update timestamp of the last failed run read>, "runs": {run id:
+failure}, "pending": {date: run id}, "given_up": {date: {run_id, why, ...}}}``; ``pending`` holds only
+dates still waiting for a decision, ``runs`` only the failures they point at (one entry per run, not
+per date: a failed 1,700-date range run costs one entry plus 1,700 short date keys).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from backfill_platform.retries import LOGIC
 from backfill_platform.sensors.failures import (
     DESTINATION,
     RERUN_SENSOR_NAME,
-    FailedRun,
+    FailedRun,  # noqa: F401 - re-exported for readers of the cursor format
     describe_failed_run,
     failed_runs_since,
 )
@@ -50,20 +52,29 @@ GIVEN_UP_KEPT = 500  # give-ups remembered in the cursor (the run tags keep all 
 
 @dataclasses.dataclass
 class RerunCursor:
-    after: float
-    pending: dict[str, dict]
-    given_up: dict[str, dict]
+    after: float  # update timestamp of the last failed run read
+    runs: dict[str, dict]  # run id -> its failure (compact: no per-date copies)
+    pending: dict[str, str]  # date -> id of its latest failed run, still waiting for a decision
+    given_up: dict[str, dict]  # date -> {run_id, why, timestamp, rerun_attempt}
 
     @classmethod
     def load(cls, raw: str | None, default_after: float) -> RerunCursor:
         if not raw:
-            return cls(default_after, {}, {})
+            return cls(default_after, {}, {}, {})
         data = json.loads(raw)
-        return cls(float(data.get("after", default_after)), data.get("pending", {}), data.get("given_up", {}))
+        return cls(
+            float(data.get("after", default_after)),
+            data.get("runs", {}),
+            data.get("pending", {}),
+            data.get("given_up", {}),
+        )
 
     def dump(self) -> str:
         given_up = dict(sorted(self.given_up.items())[-GIVEN_UP_KEPT:])
-        return json.dumps({"after": self.after, "pending": self.pending, "given_up": given_up}, sort_keys=True)
+        runs = {run_id: self.runs[run_id] for run_id in set(self.pending.values()) if run_id in self.runs}
+        return json.dumps(
+            {"after": self.after, "runs": runs, "pending": self.pending, "given_up": given_up}, sort_keys=True
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +85,19 @@ class RerunDecision:
     cursor: RerunCursor
 
 
+def _compact(failed: FailedRun) -> dict:
+    return {
+        "error_class": failed.error_class,
+        "reason": failed.reason,
+        "message": failed.message[:300],
+        "bad_dates": list(failed.bad_dates),
+        "several": len(failed.partitions) > 1,
+        "rerun_attempt": failed.rerun_attempt,
+        "will_retry": failed.will_retry,
+        "timestamp": failed.timestamp,
+    }
+
+
 def decide_reruns(instance: dg.DagsterInstance, cursor: RerunCursor, settings: Settings, now: float) -> RerunDecision:
     window_start = now - settings.rerun_days_back * 86400
     # 1. new failures since the cursor
@@ -82,16 +106,20 @@ def decide_reruns(instance: dg.DagsterInstance, cursor: RerunCursor, settings: S
         if instance.run_retries_enabled and WILL_RETRY_TAG not in run.tags:
             continue  # run retries have not decided yet; the run is read again once they have
         failed = describe_failed_run(instance, run, created)
+        cursor.runs[run.run_id] = _compact(failed)
         for day in failed.partitions:
             given_up = cursor.given_up.get(day)
             if given_up and given_up["timestamp"] >= failed.timestamp:
                 continue
-            pending = cursor.pending.get(day)
+            pending = cursor.runs.get(cursor.pending.get(day, ""))
             if pending and pending["timestamp"] > failed.timestamp:
                 continue  # a later run of this date already failed
             cursor.given_up.pop(day, None)
-            cursor.pending[day] = dataclasses.asdict(failed)
-    cursor.pending = {day: f for day, f in cursor.pending.items() if f["timestamp"] >= window_start}
+            cursor.pending[day] = run.run_id
+    cursor.pending = {
+        day: run_id for day, run_id in cursor.pending.items()
+        if run_id in cursor.runs and cursor.runs[run_id]["timestamp"] >= window_start
+    }
     if not cursor.pending:
         return RerunDecision([], {}, 0, cursor)
 
@@ -102,40 +130,48 @@ def decide_reruns(instance: dg.DagsterInstance, cursor: RerunCursor, settings: S
     reruns: list[dg.RunRequest] = []
     gave_up: dict[str, str] = {}
     waiting = 0
-    for day in sorted(cursor.pending, key=lambda d: (cursor.pending[d]["timestamp"], d)):
-        failure = FailedRun(**{**cursor.pending[day], "partitions": tuple(cursor.pending[day]["partitions"]),
-                               "bad_dates": tuple(cursor.pending[day]["bad_dates"])})
+    for day in sorted(cursor.pending, key=lambda d: (cursor.runs[cursor.pending[d]]["timestamp"], d)):
+        run_id = cursor.pending[day]
+        failure = cursor.runs[run_id]
         state = status.get(day)
         if state == AssetPartitionStatus.MATERIALIZED:
             del cursor.pending[day]  # repaired by some later run
             continue
-        if state == AssetPartitionStatus.IN_PROGRESS or failure.will_retry:
+        if state == AssetPartitionStatus.IN_PROGRESS or failure["will_retry"]:
             waiting += 1
             continue
-        single = len(failure.partitions) == 1
-        if failure.error_class == LOGIC and (single or day in failure.bad_dates):
-            why = f"logic/data error, not retried: {failure.message.splitlines()[0] if failure.message else failure.reason}"
-        elif single and failure.rerun_attempt >= settings.rerun_max_attempts:
-            why = f"still failing after {failure.rerun_attempt} sensor rerun(s) (limit {settings.rerun_max_attempts})"
+        single = not failure["several"]
+        if failure["error_class"] == LOGIC and (single or day in failure["bad_dates"]):
+            first_line = failure["message"].splitlines()[0] if failure["message"] else failure["reason"]
+            why = f"logic/data error, not retried: {first_line}"
+        elif single and failure["rerun_attempt"] >= settings.rerun_max_attempts:
+            why = (
+                f"still failing after {failure['rerun_attempt']} sensor rerun(s) "
+                f"(limit {settings.rerun_max_attempts})"
+            )
         else:
             why = ""
         if why:
             gave_up[day] = why
-            cursor.given_up[day] = {**cursor.pending.pop(day), "why": why}
-            _tag_give_up(instance, failure.run_id, day, why)
+            del cursor.pending[day]
+            cursor.given_up[day] = {
+                "run_id": run_id, "why": why, "timestamp": failure["timestamp"],
+                "rerun_attempt": failure["rerun_attempt"],
+            }
+            _tag_give_up(instance, run_id, day, why)
             continue
         if len(reruns) >= settings.rerun_batch_size:
             waiting += 1
             continue
-        attempt = failure.rerun_attempt + 1
+        attempt = failure["rerun_attempt"] + 1
         reruns.append(
             dg.RunRequest(
-                run_key=f"rerun:{failure.run_id}:{day}",
+                run_key=f"rerun:{run_id}:{day}",
                 partition_key=day,
                 tags={
-                    tags.RERUN_OF_RUN_ID: failure.run_id,
+                    tags.RERUN_OF_RUN_ID: run_id,
                     tags.RERUN_ATTEMPT: str(attempt),
-                    tags.RERUN_REASON: f"{failure.error_class}: {failure.reason}"[:200],
+                    tags.RERUN_REASON: f"{failure['error_class']}: {failure['reason']}"[:200],
                     tags.REQUESTED_BY: RERUN_SENSOR_NAME,
                 },
             )

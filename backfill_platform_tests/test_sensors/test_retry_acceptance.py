@@ -46,7 +46,7 @@ TRANSIENT = {"2024-02-02": 1, "2024-02-07": 2, "2024-02-13": 1, "2024-02-15": 2,
 CHUNK = business_days_between("2024-03-06", "2024-03-08")
 LOGIC_DAY, HOPELESS_DAY, KILL_DAY, HANG_DAY = "2024-03-06", "2024-03-08", "2024-03-12", "2024-03-14"
 ROWS_PER_DATE = 5
-STEP_RETRIES, RERUN_MAX_ATTEMPTS, MAX_RUNTIME = 3, 2, 90
+STEP_RETRIES, RERUN_MAX_ATTEMPTS, MAX_RUNTIME = 3, 2, 300
 FAULTS = ",".join(
     [f"{day}=transient:{n}" for day, n in TRANSIENT.items()]
     + [f"{LOGIC_DAY}=logic", f"{HOPELESS_DAY}=transient:99", f"{KILL_DAY}=kill:1", f"{HANG_DAY}=hang:1"]
