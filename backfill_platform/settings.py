@@ -15,7 +15,7 @@ Nothing else in the package reads ``os.environ`` for configuration: modules take
 | ``BACKFILL_START_DATE`` | ``2024-01-01`` | first day of the partitions |
 | ``BACKFILL_HOLIDAY_CALENDAR`` | ``pandas.tseries.holiday:USFederalHolidayCalendar`` | pandas holiday calendar class |
 | ``BACKFILL_EXTRA_CLOSURES`` | (none) | extra closed days: ``2025-01-09=National Day of Mourning,...`` |
-| ``BACKFILL_MAX_PARTITIONS_PER_RUN`` | ``60`` | business days one backfill run processes at most |
+| ``BACKFILL_MAX_PARTITIONS_PER_RUN`` | ``60`` | business days one backfill run processes at most; ``all``: one run per backfill (``BackfillPolicy.single_run()``, which ``dagster asset materialize --partition-range`` requires) |
 | ``BACKFILL_SPARK_MASTER`` | ``local[2]`` | Spark master of the local deployment |
 | ``BACKFILL_SPARK_JARS`` | (none) | local Delta jars instead of resolving them from Maven Central |
 | ``BACKFILL_JAR_CACHE`` | ``~/.cache/backfill_platform/jars`` | where Delta's jars are cached after the first start |
@@ -51,7 +51,7 @@ def _parse_positive_int(name: str, value: str) -> int:
     except ValueError:
         number = 0
     if number < 1:
-        raise SettingsError(f"{name}={value!r} must be a whole number of at least 1.")
+        raise SettingsError(f"{name}={value!r} must be a whole number of at least 1 (or 'all').")
     return number
 
 
@@ -76,10 +76,19 @@ class Settings:
     start_date: dt.date = dt.date(2024, 1, 1)
     holiday_calendar: str = "pandas.tseries.holiday:USFederalHolidayCalendar"
     extra_closures: Mapping[dt.date, str] = dataclasses.field(default_factory=dict)
-    max_partitions_per_run: int = 60
+    max_partitions_per_run: int | None = 60  # None: single run
     spark_master: str = "local[2]"
     spark_jars: str = ""
     jar_cache_dir: Path = Path.home() / ".cache" / "backfill_platform" / "jars"
+
+    @property
+    def backfill_policy(self):
+        """Chunks of ``max_partitions_per_run`` business days per run, or one run for all."""
+        import dagster as dg
+
+        if self.max_partitions_per_run is None:
+            return dg.BackfillPolicy.single_run()
+        return dg.BackfillPolicy.multi_run(self.max_partitions_per_run)
 
     def __post_init__(self) -> None:
         if self.deployment not in DEPLOYMENTS:
@@ -119,8 +128,10 @@ class Settings:
         if (value := get("BACKFILL_EXTRA_CLOSURES")) is not None:
             values["extra_closures"] = _parse_closures("BACKFILL_EXTRA_CLOSURES", value)
         if (value := get("BACKFILL_MAX_PARTITIONS_PER_RUN")) is not None:
-            values["max_partitions_per_run"] = _parse_positive_int(
-                "BACKFILL_MAX_PARTITIONS_PER_RUN", value
+            values["max_partitions_per_run"] = (
+                None
+                if value.lower() == "all"
+                else _parse_positive_int("BACKFILL_MAX_PARTITIONS_PER_RUN", value)
             )
         return cls(**values)  # type: ignore[arg-type]
 
