@@ -18,6 +18,7 @@ Nothing else in the package reads ``os.environ`` for configuration: modules take
 | ``BACKFILL_MAX_PARTITIONS_PER_RUN`` | ``60`` | business days one backfill run processes at most; ``all``: one run per backfill (``BackfillPolicy.single_run()``, which ``dagster asset materialize --partition-range`` requires) |
 | ``BACKFILL_SPARK_MASTER`` | ``local[2]`` | Spark master of the local deployment |
 | ``BACKFILL_SPARK_JARS`` | (none) | local Delta jars instead of resolving them from Maven Central |
+| ``BACKFILL_SPARK_CONF`` | (none) | extra Spark settings for the local session: ``key=value;key=value`` |
 | ``BACKFILL_JAR_CACHE`` | ``~/.cache/backfill_platform/jars`` | where Delta's jars are cached after the first start |
 """
 
@@ -64,6 +65,16 @@ def _parse_closures(name: str, value: str) -> dict[dt.date, str]:
     return closures
 
 
+def _parse_spark_conf(name: str, value: str) -> dict[str, str]:
+    conf = {}
+    for item in filter(None, (part.strip() for part in value.split(";"))):
+        key, sep, setting = item.partition("=")
+        if not sep or not key.strip().startswith("spark."):
+            raise SettingsError(f"{name}: {item!r} is not of the form spark.some.key=value.")
+        conf[key.strip()] = setting.strip()
+    return conf
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     deployment: str = "local"
@@ -79,6 +90,7 @@ class Settings:
     max_partitions_per_run: int | None = 60  # None: single run
     spark_master: str = "local[2]"
     spark_jars: str = ""
+    spark_conf: Mapping[str, str] = dataclasses.field(default_factory=dict)
     jar_cache_dir: Path = Path.home() / ".cache" / "backfill_platform" / "jars"
 
     @property
@@ -121,6 +133,8 @@ class Settings:
                 values[field] = value.lower() if field == "deployment" else value
         if (value := get("BACKFILL_DATA_DIR")) is not None:
             values["data_dir"] = Path(value).expanduser().resolve()
+        if (value := get("BACKFILL_SPARK_CONF")) is not None:
+            values["spark_conf"] = _parse_spark_conf("BACKFILL_SPARK_CONF", value)
         if (value := get("BACKFILL_JAR_CACHE")) is not None:
             values["jar_cache_dir"] = Path(value).expanduser().resolve()
         if (value := get("BACKFILL_START_DATE")) is not None:
