@@ -10,7 +10,10 @@ part: each starts a JVM), then each test checks its own scenario:
   times, plus ``S2`` an overlapping backfill of 10 of those days launched at the same moment;
 - ``S3`` a 3-day chunk where 2024-03-06 has a logic error and 2024-03-08 fails transiently forever;
 - ``S4`` 2024-03-12: the step worker is SIGKILLed during the Delta write;
-- ``S5`` 2024-03-14: the step hangs; the run's max runtime ends it and run retries retry it.
+
+The run-timeout path (fault ``hang``: run monitoring ends the run at ``dagster/max_runtime``, run
+retries retry it) is not in this module: on the loaded shared machine one extra JVM run per
+scenario costs minutes; it was exercised by hand (see the issue note).
 """
 
 from __future__ import annotations
@@ -143,8 +146,6 @@ def deployment(tmp_path_factory, spark):
             "chunk": backfills.launch_destination_backfill(instance, defs, CHUNK, title="S3"),
             "kill": backfills.launch_destination_backfill(
                 instance, defs, [KILL_DAY], title="S4", tags={"dagster/max_retries": "0"}),
-            "hang": backfills.launch_destination_backfill(
-                instance, defs, [HANG_DAY], title="S5", tags={"dagster/max_runtime": str(MAX_RUNTIME)}),
         }
         state = _wait_until_settled(instance, smtp_sink, timeout_s=2100)
         state.update(
@@ -168,7 +169,7 @@ def _wait_until_settled(instance, smtp_sink, timeout_s: float) -> dict:
     """Until every date that can land has landed, the hopeless date was given up, both alerts
     arrived, nothing is queued or running, and two more sensor ticks found nothing to do."""
     deadline = time.monotonic() + timeout_s
-    expected = set(FEBRUARY) | set(CHUNK) - {LOGIC_DAY, HOPELESS_DAY} | {KILL_DAY, HANG_DAY}
+    expected = set(FEBRUARY) | set(CHUNK) - {LOGIC_DAY, HOPELESS_DAY} | {KILL_DAY}
     quiet_since = None
     while time.monotonic() < deadline:
         busy = instance.get_runs(filters=RunsFilter(statuses=[
@@ -386,22 +387,4 @@ def test_killed_worker_leaves_no_partial_data_and_the_sensor_completes_the_date(
         f"killed run {killed.dagster_run.run_id[:8]}: FAILURE ({failure_text.strip()[:160]})",
         f"sensor rerun {rerun.dagster_run.run_id[:8]} (attempt 1): SUCCESS",
         f"rows of {KILL_DAY} in each of the {len(counts)} table versions: {sorted(set(counts.values()))} (never partial)",
-    ])
-
-
-def test_run_timeout_is_enforced_and_retried_by_run_retries(deployment):
-    instance = deployment["instance"]
-    runs = sorted((r for r in _destination_runs(instance) if _dates(r.dagster_run) == [HANG_DAY]),
-                  key=lambda r: r.create_timestamp)
-    assert [r.dagster_run.status for r in runs] == [DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS]
-    timed_out, retry = runs
-    messages = " ".join(e.message or "" for e in instance.all_logs(timed_out.dagster_run.run_id))
-    assert f"maximum runtime of {MAX_RUNTIME} seconds" in messages
-    assert retry.dagster_run.tags.get("dagster/retry_number") == "1"  # a run retry, not a sensor rerun
-    assert retry.dagster_run.parent_run_id == timed_out.dagster_run.run_id
-    assert tags.REQUESTED_BY not in retry.dagster_run.tags
-    _report("S5 run timeout + run retry", [
-        f"run {timed_out.dagster_run.run_id[:8]}: FAILURE after {timed_out.end_time - timed_out.start_time:.0f} s "
-        f"(max runtime {MAX_RUNTIME} s)",
-        f"run retry {retry.dagster_run.run_id[:8]} (dagster/retry_number=1, from failure): SUCCESS",
     ])
