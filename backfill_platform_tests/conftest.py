@@ -9,7 +9,11 @@ import socket
 import warnings
 from pathlib import Path
 
-import dagster as dg
+# Step retries of transient errors wait 60 s, 180 s, 420 s by default: tests (and the daemons and
+# runs they start, which inherit this environment) retry after 0.2 s. Set before the package loads.
+os.environ.setdefault("BACKFILL_STEP_RETRY_DELAY_SECONDS", "0.2")
+
+import dagster as dg  # noqa: E402
 import pytest
 
 from backfill_platform.resources import local_resources
