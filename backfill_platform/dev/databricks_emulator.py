@@ -81,6 +81,7 @@ class Faults:
     fail_submits: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
     internal_errors: list[str] = dataclasses.field(default_factory=list)
     lost_drivers: list[float] = dataclasses.field(default_factory=list)
+    timeouts: list[int] = dataclasses.field(default_factory=list)
     pending_delay_s: float = 0.0
     terminating_delay_s: float = 0.0
 
@@ -216,6 +217,11 @@ class DatabricksEmulator:
     def lose_driver_of_next_run(self, after_s: float = 1.0) -> None:
         with self._lock:
             self.faults.lost_drivers.append(after_s)
+
+    def time_out_next_run(self, after_s: int = 1) -> None:
+        """The next run gets ``timeout_seconds=after_s`` whatever the submit asked for."""
+        with self._lock:
+            self.faults.timeouts.append(after_s)
 
     def delay_transitions(self, pending_s: float = 0.0, terminating_s: float = 0.0) -> None:
         with self._lock:
@@ -476,6 +482,8 @@ class DatabricksEmulator:
             pending_s = self.faults.pending_delay_s
             internal = self.faults.internal_errors.pop(0) if self.faults.internal_errors else None
             lose_after = self.faults.lost_drivers.pop(0) if self.faults.lost_drivers else None
+            if self.faults.timeouts:
+                run.timeout_seconds = self.faults.timeouts.pop(0)
         threading.Thread(
             target=self._execute, args=(run, pending_s, internal, lose_after), name=f"run-{run_id}", daemon=True
         ).start()
@@ -695,6 +703,8 @@ class DatabricksEmulator:
                 self.end_next_run_with_internal_error()
             if body.get("lose_driver_next_after_s") is not None:
                 self.lose_driver_of_next_run(float(body["lose_driver_next_after_s"]))
+            if body.get("time_out_next_run_s"):
+                self.time_out_next_run(int(body["time_out_next_run_s"]))
             if "pending_delay_s" in body or "terminating_delay_s" in body:
                 self.delay_transitions(float(body.get("pending_delay_s", 0)), float(body.get("terminating_delay_s", 0)))
             return {"faults": dataclasses.asdict(self.faults)}

@@ -81,9 +81,15 @@ def databricks_tables(settings: Settings) -> DeltaTables:
     Catalog) the same names map to Delta paths ``<root>/<catalog>/<schema>/<table>``."""
     root = settings.databricks_table_path_root
     if root:
-        tables = DeltaTables.from_settings(settings, mode="path")
-        return tables.model_copy(
-            update={"warehouse_dir": str(Path(root) / settings.catalog), "seed_demo_source": False}
+        return DeltaTables(
+            mode="path",
+            warehouse_dir=str(Path(root) / settings.catalog),
+            catalog=settings.catalog,
+            schema_name=settings.schema,
+            source_table=settings.source_table,
+            destination_table=settings.destination_table,
+            calendar_table=settings.calendar_table,
+            seed_demo_source=False,
         )
     return DeltaTables.from_settings(settings, mode="catalog")
 
