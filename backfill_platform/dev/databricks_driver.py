@@ -1,7 +1,9 @@
 """The driver of the emulated Databricks cluster: ``python databricks_driver.py FILE [PARAMS...]``.
 
 Started by ``databricks_emulator.py`` for each ``spark_python_task``. Like the Databricks runtime it
-starts the cluster's Spark session (local Spark + Delta here), defines the ``spark``, ``sc`` and
+gives the task the cluster's Spark session (local Spark + Delta here: on an existing cluster it
+attaches to the cluster's long-lived driver JVM, started once with ``--cluster STATE_FILE``; on a new
+job cluster it starts its own), defines the ``spark``, ``sc`` and
 ``dbutils`` globals and runs FILE as ``__main__`` with PARAMS as ``sys.argv[1:]`` (the emulator has
 already mapped ``/dbfs/...`` parameters to its storage). It deliberately imports nothing from
 ``backfill_platform``: the step gets the project's code from the launcher's zip, as on a real cluster.
@@ -98,8 +100,23 @@ class DBUtils:
         self.fs, self.secrets, self.widgets = _Fs(), _Secrets(), _Widgets()
 
 
-def main() -> None:
-    python_file, parameters = sys.argv[1], sys.argv[2:]
+def _attach_to_cluster():
+    """A Python process on an already running cluster: attach to its JVM (as a Databricks task on a
+    shared cluster gets its own Python process next to the cluster's one driver JVM)."""
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_GATEWAY_PORT"] = os.environ["EMULATOR_GATEWAY_PORT"]
+    os.environ["PYSPARK_GATEWAY_SECRET"] = os.environ["EMULATOR_GATEWAY_SECRET"]
+    gateway = launch_gateway()  # connects to the running JVM (PYSPARK_GATEWAY_PORT), starts nothing
+    jvm = gateway.jvm
+    jsc = jvm.org.apache.spark.api.java.JavaSparkContext.fromSparkContext(jvm.org.apache.spark.SparkContext.getOrCreate())
+    sc = SparkContext(gateway=gateway, jsc=jsc, conf=SparkConf(_jvm=jvm, _jconf=jsc.getConf()))
+    return SparkSession.builder.getOrCreate(), False  # the cluster's default session; never stop it
+
+
+def _start_spark():
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder
@@ -107,6 +124,33 @@ def main() -> None:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    return spark, True
+
+
+def serve_cluster(state_file: str) -> None:
+    """The long-lived driver JVM of an existing (all-purpose) cluster."""
+    import signal
+    import threading
+
+    spark, _ = _start_spark()
+    parameters = spark.sparkContext._gateway.gateway_parameters
+    state = Path(state_file)
+    temporary = state.with_name(state.name + ".tmp")
+    temporary.write_text(json.dumps({"port": parameters.port, "secret": parameters.auth_token}))
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, state)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    spark.stop()
+
+
+def main() -> None:
+    if sys.argv[1] == "--cluster":
+        serve_cluster(sys.argv[2])
+        return
+    python_file, parameters = sys.argv[1], sys.argv[2:]
+    spark, owned = _attach_to_cluster() if os.environ.get("EMULATOR_GATEWAY_PORT") else _start_spark()
     sys.argv = [python_file, *parameters]
     try:
         runpy.run_path(
@@ -115,7 +159,8 @@ def main() -> None:
             run_name="__main__",
         )
     finally:
-        spark.stop()
+        if owned:
+            spark.stop()
 
 
 if __name__ == "__main__":

@@ -121,6 +121,7 @@ class DatabricksEmulator:
         oauth_clients: dict[str, str] | None = None,
         cluster_ids: tuple[str, ...] = (DEFAULT_CLUSTER_ID,),
         spark_config: dict[str, str] | None = None,
+        warm_existing_clusters: bool = True,
     ):
         self.root = Path(root).resolve()
         self.dbfs_root = self.root / "dbfs"
@@ -155,6 +156,10 @@ class DatabricksEmulator:
         self._next_id = 1000
         self._idempotency: dict[str, int] = {}
         self._lock = threading.RLock()
+        self.warm_existing_clusters = warm_existing_clusters
+        self._cluster_lock = threading.Lock()
+        self._cluster_processes: dict[str, subprocess.Popen] = {}
+        self._cluster_gateways: dict[str, dict[str, Any]] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -190,6 +195,11 @@ class DatabricksEmulator:
             _kill(run.process)
         for run in runs:
             run.done_event.wait(timeout=15)
+        with self._cluster_lock:
+            for process in self._cluster_processes.values():
+                _kill(process)
+            self._cluster_processes.clear()
+            self._cluster_gateways.clear()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -582,6 +592,53 @@ class DatabricksEmulator:
                 cluster["state"] = "TERMINATED"
         run.done_event.set()
 
+    def _cluster_env(self) -> dict[str, str]:
+        env = {name: os.environ[name] for name in _HOST_ENV_PASSED if name in os.environ}
+        env.update({
+            "DATABRICKS_RUNTIME_VERSION": RUNTIME_VERSION,
+            "BACKFILL_DATABRICKS_TABLE_PATH_ROOT": str(self.warehouse),
+            "EMULATOR_DBFS_ROOT": str(self.dbfs_root),
+            "EMULATOR_SPARK_CONFIG": str(self.root / "cluster" / "spark_config.json"),
+            "EMULATOR_SECRETS_DIR": str(self.root / "secrets"),
+            "SPARK_LOCAL_IP": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    def cluster_gateway(self, cluster_id: str, timeout_s: float = 600) -> dict[str, Any]:
+        """The running driver JVM of an existing cluster, started on first use (like starting a
+        terminated all-purpose cluster) and kept warm for every later run on it."""
+        with self._cluster_lock:
+            process = self._cluster_processes.get(cluster_id)
+            if process is not None and process.poll() is None and cluster_id in self._cluster_gateways:
+                return self._cluster_gateways[cluster_id]
+            folder = self.root / "clusters" / cluster_id
+            folder.mkdir(parents=True, exist_ok=True)
+            state_file = folder / "gateway.json"
+            state_file.unlink(missing_ok=True)
+            with self._lock:
+                self.clusters[cluster_id]["state"] = "PENDING"
+            with open(folder / "driver.log", "ab") as log:
+                process = subprocess.Popen(
+                    [sys.executable, str(DRIVER_SCRIPT), "--cluster", str(state_file)],
+                    cwd=folder, env=self._cluster_env(), stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            self._cluster_processes[cluster_id] = process
+            deadline = time.monotonic() + timeout_s
+            while not state_file.exists():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    _kill(process)
+                    with self._lock:
+                        self.clusters[cluster_id]["state"] = "ERROR"
+                    tail = (folder / "driver.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"Cluster {cluster_id} failed to start: {tail}")
+                time.sleep(0.2)
+            self._cluster_gateways[cluster_id] = json.loads(state_file.read_text())
+            with self._lock:
+                self.clusters[cluster_id]["state"] = "RUNNING"
+            return self._cluster_gateways[cluster_id]
+
     def _execute(self, run: EmulatedRun, pending_s: float, internal: str | None, lose_after: float | None) -> None:
         try:
             self._execute_inner(run, pending_s, internal, lose_after)
@@ -618,17 +675,20 @@ class DatabricksEmulator:
             cluster_env = dict(cluster.get("spark_env_vars") or {})
             if cluster.get("cluster_source") == "JOB":
                 cluster["state"] = "RUNNING"
-        env = {name: os.environ[name] for name in _HOST_ENV_PASSED if name in os.environ}
+        env = self._cluster_env()
         env.update(cluster_env)
-        env.update({
-            "DATABRICKS_RUNTIME_VERSION": RUNTIME_VERSION,
-            "BACKFILL_DATABRICKS_TABLE_PATH_ROOT": str(self.warehouse),
-            "EMULATOR_DBFS_ROOT": str(self.dbfs_root),
-            "EMULATOR_SPARK_CONFIG": str(self.root / "cluster" / "spark_config.json"),
-            "EMULATOR_SECRETS_DIR": str(self.root / "secrets"),
-            "SPARK_LOCAL_IP": "127.0.0.1",
-            "PYTHONUNBUFFERED": "1",
-        })
+        if self.warm_existing_clusters and run.task.get("existing_cluster_id"):
+            try:
+                gateway = self.cluster_gateway(run.cluster_id)
+            except RuntimeError as error:
+                run.error = str(error)
+                self._finish(run, "FAILED", f"Cluster {run.cluster_id} failed to start.", life_cycle="INTERNAL_ERROR")
+                return
+            env["EMULATOR_GATEWAY_PORT"] = str(gateway["port"])
+            env["EMULATOR_GATEWAY_SECRET"] = str(gateway["secret"])
+            if run.cancel_event.is_set():
+                self._finish(run, "CANCELED", "Run cancelled while pending.")
+                return
         with open(run.run_dir / "stdout.log", "wb") as out, open(run.run_dir / "stderr.log", "wb") as err:
             run.process = subprocess.Popen(
                 [sys.executable, str(DRIVER_SCRIPT), str(python_file), *parameters],
