@@ -75,15 +75,26 @@ def _bad(message: str) -> ApiError:
 
 
 @dataclasses.dataclass
-class Faults:
-    """What goes wrong next. Each entry is used by one submit/run, in order."""
+class Fault:
+    """One injected fault: used by the first submit whose JSON body contains ``match`` (any if None)."""
 
-    fail_submits: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
-    internal_errors: list[str] = dataclasses.field(default_factory=list)
-    lost_drivers: list[float] = dataclasses.field(default_factory=list)
-    timeouts: list[int] = dataclasses.field(default_factory=list)
+    kind: str  # fail_submit | internal_error | lose_driver | timeout | pending
+    value: Any
+    match: str | None = None
+
+
+@dataclasses.dataclass
+class Faults:
+    queued: list[Fault] = dataclasses.field(default_factory=list)
     pending_delay_s: float = 0.0
     terminating_delay_s: float = 0.0
+
+    def take(self, kind: str, body_text: str) -> Fault | None:
+        for fault in self.queued:
+            if fault.kind == kind and (fault.match is None or fault.match in body_text):
+                self.queued.remove(fault)
+                return fault
+        return None
 
 
 @dataclasses.dataclass
@@ -214,26 +225,36 @@ class DatabricksEmulator:
     # ------------------------------------------------------------------ fault injection
 
     def fail_next_submits(self, count: int = 1, status: int = 500, error_code: str = "INTERNAL_ERROR",
-                          message: str = "Internal error happened while submitting the run (emulated).") -> None:
+                          message: str = "Internal error happened while submitting the run (emulated).",
+                          match: str | None = None) -> None:
+        """The next ``count`` submits (whose body contains ``match``) are refused with this error."""
         with self._lock:
-            self.faults.fail_submits.extend([(status, error_code, message)] * count)
+            self.faults.queued.extend(Fault("fail_submit", (status, error_code, message), match) for _ in range(count))
 
     def end_next_run_with_internal_error(
-        self, message: str = "Run result unavailable: the cluster failed to start (emulated internal error)."
+        self, message: str = "Run result unavailable: the cluster failed to start (emulated internal error).",
+        match: str | None = None,
     ) -> None:
         with self._lock:
-            self.faults.internal_errors.append(message)
+            self.faults.queued.append(Fault("internal_error", message, match))
 
-    def lose_driver_of_next_run(self, after_s: float = 1.0) -> None:
+    def lose_driver_of_next_run(self, after_s: float = 1.0, match: str | None = None) -> None:
+        """Kill the next run's driver process ``after_s`` seconds after it starts RUNNING."""
         with self._lock:
-            self.faults.lost_drivers.append(after_s)
+            self.faults.queued.append(Fault("lose_driver", after_s, match))
 
-    def time_out_next_run(self, after_s: int = 1) -> None:
+    def time_out_next_run(self, after_s: int = 1, match: str | None = None) -> None:
         """The next run gets ``timeout_seconds=after_s`` whatever the submit asked for."""
         with self._lock:
-            self.faults.timeouts.append(after_s)
+            self.faults.queued.append(Fault("timeout", after_s, match))
+
+    def delay_next_run(self, pending_s: float, match: str | None = None) -> None:
+        """The next run stays PENDING for ``pending_s`` seconds (or until cancelled)."""
+        with self._lock:
+            self.faults.queued.append(Fault("pending", pending_s, match))
 
     def delay_transitions(self, pending_s: float = 0.0, terminating_s: float = 0.0) -> None:
+        """Every run stays PENDING ``pending_s`` and TERMINATING ``terminating_s`` seconds."""
         with self._lock:
             self.faults.pending_delay_s = pending_s
             self.faults.terminating_delay_s = terminating_s
@@ -438,10 +459,11 @@ class DatabricksEmulator:
     # ------------------------------------------------------------------ jobs
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        body_text = json.dumps(body, sort_keys=True)
         with self._lock:
-            if self.faults.fail_submits:
-                status, code, message = self.faults.fail_submits.pop(0)
-                raise ApiError(status, code, message)
+            refused = self.faults.take("fail_submit", body_text)
+            if refused is not None:
+                raise ApiError(*refused.value)
             token = body.get("idempotency_token")
             if token and token in self._idempotency:
                 return {"run_id": self._idempotency[token]}
@@ -489,11 +511,15 @@ class DatabricksEmulator:
             self.submitted.append(body)
             if token:
                 self._idempotency[token] = run_id
-            pending_s = self.faults.pending_delay_s
-            internal = self.faults.internal_errors.pop(0) if self.faults.internal_errors else None
-            lose_after = self.faults.lost_drivers.pop(0) if self.faults.lost_drivers else None
-            if self.faults.timeouts:
-                run.timeout_seconds = self.faults.timeouts.pop(0)
+            delayed = self.faults.take("pending", body_text)
+            pending_s = delayed.value if delayed else self.faults.pending_delay_s
+            internal = self.faults.take("internal_error", body_text)
+            internal = internal.value if internal else None
+            lost = self.faults.take("lose_driver", body_text)
+            lose_after = lost.value if lost else None
+            timeout = self.faults.take("timeout", body_text)
+            if timeout is not None:
+                run.timeout_seconds = int(timeout.value)
         threading.Thread(
             target=self._execute, args=(run, pending_s, internal, lose_after), name=f"run-{run_id}", daemon=True
         ).start()
@@ -758,16 +784,21 @@ class DatabricksEmulator:
         if parts == ["api", "2.0", "dbfs"]:
             pass
         if parts == ["emulator", "faults"] and method == "POST":
-            self.fail_next_submits(int(body.get("fail_next_submits", 0))) if body.get("fail_next_submits") else None
+            match = body.get("match")
+            if body.get("fail_next_submits"):
+                self.fail_next_submits(int(body["fail_next_submits"]), match=match)
             for _ in range(int(body.get("internal_error_next", 0))):
-                self.end_next_run_with_internal_error()
+                self.end_next_run_with_internal_error(match=match)
             if body.get("lose_driver_next_after_s") is not None:
-                self.lose_driver_of_next_run(float(body["lose_driver_next_after_s"]))
+                self.lose_driver_of_next_run(float(body["lose_driver_next_after_s"]), match=match)
             if body.get("time_out_next_run_s"):
-                self.time_out_next_run(int(body["time_out_next_run_s"]))
+                self.time_out_next_run(int(body["time_out_next_run_s"]), match=match)
+            if body.get("delay_next_run_s"):
+                self.delay_next_run(float(body["delay_next_run_s"]), match=match)
             if "pending_delay_s" in body or "terminating_delay_s" in body:
                 self.delay_transitions(float(body.get("pending_delay_s", 0)), float(body.get("terminating_delay_s", 0)))
-            return {"faults": dataclasses.asdict(self.faults)}
+            with self._lock:
+                return {"faults": dataclasses.asdict(self.faults)}
         if parts == ["emulator", "calls"]:
             with self._lock:
                 return {"calls": [list(c) for c in self.calls], "cancel_requests": list(self.cancel_requests)}

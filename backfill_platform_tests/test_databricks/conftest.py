@@ -64,19 +64,23 @@ class DatabricksDeployment:
         if self.daemon.process is None:
             self.daemon.start()
 
-    def launch_run(self, partition_key: str) -> str:
-        """Submit one run of destination_data_job to the instance (the run queue), like the UI."""
-        before = {run.run_id for run in self.instance.get_runs()}
+    def launch_runs(self, partition_by_run_id: dict[str, str]) -> None:
+        """Submit runs of destination_data_job to the instance's run queue (as the UI's launchpad
+        does), one per (run id, partition key), all at once."""
         self.ensure_daemon()
-        result = subprocess.run(
-            [sys.executable, "-m", "dagster", "job", "launch", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-             "-j", "destination_data_job", "--tags", json.dumps({"dagster/partition": partition_key})],
-            cwd=PROJECT_ROOT, env={**_base_env(), **self.env}, capture_output=True, text=True, timeout=180,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
-        new = [run.run_id for run in self.instance.get_runs() if run.run_id not in before]
-        assert len(new) == 1, new
-        return new[0]
+        launches = [
+            subprocess.Popen(
+                [sys.executable, "-m", "dagster", "job", "launch", "-w", str(PROJECT_ROOT / "workspace.yaml"),
+                 "-j", "destination_data_job", "--run-id", run_id,
+                 "--tags", json.dumps({"dagster/partition": partition_key})],
+                cwd=PROJECT_ROOT, env={**_base_env(), **self.env}, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True,
+            )
+            for run_id, partition_key in partition_by_run_id.items()
+        ]
+        for launch in launches:
+            output, _ = launch.communicate(timeout=300)
+            assert launch.returncode == 0, output
 
     def wait_for_run(self, run_id: str, timeout_s: float = 300) -> dg.DagsterRun:
         deadline = time.monotonic() + timeout_s
@@ -130,6 +134,9 @@ def _base_env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, emulator):
     home = make_dagster_home(tmp_path_factory.mktemp("dagster_home_databricks"))
+    # The fault tests run five runs at once (none holds a Spark session on this host).
+    config = (home / "dagster.yaml").read_text()
+    (home / "dagster.yaml").write_text(config.replace("max_concurrent_runs: 2", "max_concurrent_runs: 6"))
     data_dir = tmp_path_factory.mktemp("host_data")
     env = {**_base_env(), **databricks_environment(emulator), "BACKFILL_DATA_DIR": str(data_dir)}
     deployment = DatabricksDeployment(home, env)

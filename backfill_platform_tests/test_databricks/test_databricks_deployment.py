@@ -8,7 +8,10 @@ the driver starts.
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
+import uuid
 from pathlib import Path
 
 import dagster as dg
@@ -91,12 +94,10 @@ def test_backfill_on_databricks_matches_local_row_for_row(
     deployment.ensure_daemon()
 
     runs = []
-    for _ in range(600):
+    for _ in range(1200):
         runs = backfill_runs(deployment.instance, backfill_id)
         if runs and all(run.is_finished for run in runs):
             break
-        import time
-
         time.sleep(0.5)
     assert runs, f"the daemon launched no run for backfill {backfill_id}:\n{deployment.daemon_log()}"
     assert [run.status for run in runs] == [DagsterRunStatus.SUCCESS], deployment.explain(runs[0].run_id)
@@ -142,7 +143,8 @@ def test_backfill_on_databricks_matches_local_row_for_row(
 
 def test_failure_inside_the_remote_step_surfaces_its_traceback(emulator, deployment, workspace_source):
     # The source has no rows after 2025-01-31: the asset raises on the cluster before writing.
-    run_id = deployment.launch_run("2025-02-03")
+    run_id = str(uuid.uuid4())
+    deployment.launch_runs({run_id: "2025-02-03"})
     run = deployment.wait_for_run(run_id)
     assert run.status == DagsterRunStatus.FAILURE
     failure = deployment.step_failure(run_id)
@@ -151,63 +153,63 @@ def test_failure_inside_the_remote_step_surfaces_its_traceback(emulator, deploym
     assert failure.user_failure_data.metadata["missing_dates"].value == ["2025-02-03"]
     # A logic error of the asset, not a Databricks failure: the Databricks run itself succeeded.
     assert classify_failure(failure.error, failure.user_failure_data.metadata) is None
-    assert list(emulator.runs.values())[-1].result_state == "SUCCESS"
+    assert _emulated_run_of(emulator, run_id).result_state == "SUCCESS"
 
 
-def test_terminating_the_dagster_run_cancels_the_databricks_run(emulator, deployment, workspace_source):
-    emulator.delay_transitions(pending_s=120)  # the Databricks run stays PENDING until cancelled
-    try:
-        submitted = len(emulator.runs)
-        run_id = deployment.launch_run("2025-01-23")
-        emulator.wait_for_submit(submitted + 1)
-        databricks_run = list(emulator.runs.values())[-1]
-        assert databricks_run.life_cycle_state == "PENDING"
-        assert deployment.instance.run_launcher.terminate(run_id)
-        run = deployment.wait_for_run(run_id)
-    finally:
-        emulator.delay_transitions(0)
-    assert run.status == DagsterRunStatus.CANCELED
-    assert databricks_run.run_id in emulator.cancel_requests
-    emulator.wait_for_run(databricks_run.run_id, timeout_s=10)
-    assert databricks_run.result_state == "CANCELED"
+def _emulated_run_of(emulator, dagster_run_id: str):
+    runs = [r for r in emulator.runs.values() if dagster_run_id in json.dumps(r.task)]
+    return runs[-1] if runs else None
 
 
-@pytest.mark.parametrize(
-    "fault, life_cycle, result, classification",
-    [
-        ("internal_error", "INTERNAL_ERROR", "FAILED", "transient"),
-        ("lost_driver", "TERMINATED", "FAILED", "transient"),
-        ("timeout", "TERMINATED", "TIMEDOUT", "transient"),
-        ("submit_rejected", None, None, "transient"),
-    ],
-)
-def test_databricks_side_failures_name_the_run_and_are_classified(
-    emulator, deployment, workspace_source, fault, life_cycle, result, classification
-):
-    submitted = len(emulator.runs)
-    if fault == "internal_error":
-        emulator.end_next_run_with_internal_error()
-    elif fault == "lost_driver":
-        emulator.lose_driver_of_next_run(after_s=1.0)
-    elif fault == "timeout":
-        emulator.time_out_next_run(after_s=2)
-    elif fault == "submit_rejected":
-        emulator.fail_next_submits(1, status=500, error_code="INTERNAL_ERROR")
-    run_id = deployment.launch_run("2025-01-24")
-    run = deployment.wait_for_run(run_id)
-    assert run.status == DagsterRunStatus.FAILURE
-    failure = deployment.step_failure(run_id)
-    metadata = failure.user_failure_data.metadata
-    assert classify_failure(failure.error, metadata) == classification
-    assert metadata[FAILURE_CLASS_KEY].value == classification
-    if fault == "submit_rejected":
-        assert len(emulator.runs) == submitted
-        assert "HTTP 500" in failure.error.message
-        return
-    databricks_run = list(emulator.runs.values())[-1]
-    assert len(emulator.runs) == submitted + 1
-    assert f"Databricks run {databricks_run.run_id}" in failure.error.message
-    assert f"life_cycle_state={life_cycle}" in failure.error.message
-    assert f"result_state={result}" in failure.error.message
-    assert metadata["databricks_run_id"].value == databricks_run.run_id
-    assert databricks_run.life_cycle_state == life_cycle and databricks_run.result_state == result
+def test_databricks_side_failures_and_termination(emulator, deployment, workspace_source):
+    """Five runs at once, each meeting one Databricks-side fault (keyed by its Dagster run id)."""
+    cases = {
+        "internal_error": ("2025-01-23", "INTERNAL_ERROR", "FAILED", "transient"),
+        "lost_driver": ("2025-01-24", "TERMINATED", "FAILED", "transient"),
+        "timeout": ("2025-01-27", "TERMINATED", "TIMEDOUT", "transient"),
+        "submit_rejected": ("2025-01-28", None, None, "transient"),
+        "terminated_by_dagster": ("2025-01-29", "TERMINATED", "CANCELED", None),
+    }
+    run_ids = {name: str(uuid.uuid4()) for name in cases}
+    emulator.end_next_run_with_internal_error(match=run_ids["internal_error"])
+    emulator.lose_driver_of_next_run(after_s=1.0, match=run_ids["lost_driver"])
+    emulator.time_out_next_run(after_s=2, match=run_ids["timeout"])
+    emulator.fail_next_submits(1, status=500, error_code="INTERNAL_ERROR", match=run_ids["submit_rejected"])
+    emulator.delay_next_run(pending_s=600, match=run_ids["terminated_by_dagster"])
+    deployment.launch_runs({run_ids[name]: case[0] for name, case in cases.items()})
+
+    # Terminating the Dagster run cancels the (still PENDING) Databricks run.
+    terminated = run_ids["terminated_by_dagster"]
+    deadline = time.monotonic() + 240
+    while _emulated_run_of(emulator, terminated) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pending = _emulated_run_of(emulator, terminated)
+    assert pending is not None and pending.life_cycle_state == "PENDING", deployment.explain(terminated)
+    assert deployment.instance.run_launcher.terminate(terminated)
+
+    runs = {name: deployment.wait_for_run(run_id) for name, run_id in run_ids.items()}
+    assert runs["terminated_by_dagster"].status == DagsterRunStatus.CANCELED
+    assert pending.run_id in emulator.cancel_requests
+    emulator.wait_for_run(pending.run_id, timeout_s=10)
+    assert (pending.life_cycle_state, pending.result_state) == ("TERMINATED", "CANCELED")
+
+    for name, (_, life_cycle, result, classification) in cases.items():
+        if name == "terminated_by_dagster":
+            continue
+        run_id = run_ids[name]
+        assert runs[name].status == DagsterRunStatus.FAILURE, (name, deployment.explain(run_id))
+        failure = deployment.step_failure(run_id)
+        metadata = failure.user_failure_data.metadata
+        assert classify_failure(failure.error, metadata) == classification, name
+        assert metadata[FAILURE_CLASS_KEY].value == classification
+        databricks_run = _emulated_run_of(emulator, run_id)
+        if name == "submit_rejected":
+            assert databricks_run is None  # refused: no run was created
+            assert "HTTP 500" in failure.error.message and "InternalError" in failure.error.message
+            continue
+        message = failure.error.message
+        assert f"Databricks run {databricks_run.run_id} ended in life_cycle_state={life_cycle}" in message, message
+        assert f"result_state={result}" in message, message
+        assert databricks_run.state_message in message
+        assert metadata["databricks_run_id"].value == databricks_run.run_id
+        assert (databricks_run.life_cycle_state, databricks_run.result_state) == (life_cycle, result)
