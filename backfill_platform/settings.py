@@ -114,7 +114,7 @@ class Settings:
     spark_jars: str = ""
     spark_conf: Mapping[str, str] = dataclasses.field(default_factory=dict)
     jar_cache_dir: Path = Path.home() / ".cache" / "backfill_platform" / "jars"
-    # Databricks deployment: raw values, validated by ``databricks_problems`` when the launcher starts
+    # Databricks deployment: raw values, validated by ``resources.databricks.launcher_config`` when the launcher starts
     # (never when definitions load). No secrets here.
     databricks_host: str = ""
     databricks_client_id: str = ""
