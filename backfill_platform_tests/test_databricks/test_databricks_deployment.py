@@ -141,12 +141,52 @@ def test_backfill_on_databricks_matches_local_row_for_row(
     assert CANARY_TOKEN not in captured.out + captured.err
 
 
-def test_failure_inside_the_remote_step_surfaces_its_traceback(emulator, deployment, workspace_source):
-    # The source has no rows after 2025-01-31: the asset raises on the cluster before writing.
-    run_id = str(uuid.uuid4())
-    deployment.launch_runs({run_id: "2025-02-03"})
-    run = deployment.wait_for_run(run_id)
-    assert run.status == DagsterRunStatus.FAILURE
+def _emulated_run_of(emulator, dagster_run_id: str):
+    runs = [r for r in emulator.runs.values() if dagster_run_id in json.dumps(r.task)]
+    return runs[-1] if runs else None
+
+
+# name: (partition, Databricks life cycle state, result state, classification)
+FAULT_CASES = {
+    "internal_error": ("2025-01-23", "INTERNAL_ERROR", "FAILED", "transient"),
+    "lost_driver": ("2025-01-24", "TERMINATED", "FAILED", "transient"),
+    "timeout": ("2025-01-27", "TERMINATED", "TIMEDOUT", "transient"),
+    "submit_rejected": ("2025-01-28", None, None, "transient"),
+    "terminated_by_dagster": ("2025-01-29", "TERMINATED", "CANCELED", None),
+    # The source has no rows after 2025-01-31: the asset itself raises on the cluster.
+    "asset_fails_remotely": ("2025-02-03", "TERMINATED", "SUCCESS", None),
+}
+
+
+@pytest.fixture(scope="module")
+def failing_runs(emulator, deployment, workspace_source):
+    """Six runs submitted to the instance at once, each meeting one failure (faults are keyed by the
+    Dagster run id, which the emulator sees in the submitted task's DBFS paths). The run meant to be
+    terminated is terminated while its Databricks run is PENDING."""
+    run_ids = {name: str(uuid.uuid4()) for name in FAULT_CASES}
+    emulator.end_next_run_with_internal_error(match=run_ids["internal_error"])
+    emulator.lose_driver_of_next_run(after_s=1.0, match=run_ids["lost_driver"])
+    emulator.time_out_next_run(after_s=2, match=run_ids["timeout"])
+    emulator.fail_next_submits(1, status=500, error_code="INTERNAL_ERROR", match=run_ids["submit_rejected"])
+    emulator.delay_next_run(pending_s=600, match=run_ids["terminated_by_dagster"])
+    deployment.launch_runs({run_ids[name]: case[0] for name, case in FAULT_CASES.items()})
+
+    terminated = run_ids["terminated_by_dagster"]
+    deadline = time.monotonic() + 300
+    while _emulated_run_of(emulator, terminated) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pending = _emulated_run_of(emulator, terminated)
+    assert pending is not None and pending.life_cycle_state == "PENDING", deployment.explain(terminated)
+    assert deployment.instance.run_launcher.terminate(terminated)
+
+    runs = {name: deployment.wait_for_run(run_id) for name, run_id in run_ids.items()}
+    return run_ids, runs
+
+
+def test_failure_inside_the_remote_step_surfaces_its_traceback(emulator, deployment, failing_runs):
+    run_ids, runs = failing_runs
+    run_id = run_ids["asset_fails_remotely"]
+    assert runs["asset_fails_remotely"].status == DagsterRunStatus.FAILURE
     failure = deployment.step_failure(run_id)
     assert "has no rows for business date(s) 2025-02-03" in failure.error.message
     assert "destination.py" in "".join(failure.error.stack), failure.error.stack
@@ -156,60 +196,34 @@ def test_failure_inside_the_remote_step_surfaces_its_traceback(emulator, deploym
     assert _emulated_run_of(emulator, run_id).result_state == "SUCCESS"
 
 
-def _emulated_run_of(emulator, dagster_run_id: str):
-    runs = [r for r in emulator.runs.values() if dagster_run_id in json.dumps(r.task)]
-    return runs[-1] if runs else None
-
-
-def test_databricks_side_failures_and_termination(emulator, deployment, workspace_source):
-    """Five runs at once, each meeting one Databricks-side fault (keyed by its Dagster run id)."""
-    cases = {
-        "internal_error": ("2025-01-23", "INTERNAL_ERROR", "FAILED", "transient"),
-        "lost_driver": ("2025-01-24", "TERMINATED", "FAILED", "transient"),
-        "timeout": ("2025-01-27", "TERMINATED", "TIMEDOUT", "transient"),
-        "submit_rejected": ("2025-01-28", None, None, "transient"),
-        "terminated_by_dagster": ("2025-01-29", "TERMINATED", "CANCELED", None),
-    }
-    run_ids = {name: str(uuid.uuid4()) for name in cases}
-    emulator.end_next_run_with_internal_error(match=run_ids["internal_error"])
-    emulator.lose_driver_of_next_run(after_s=1.0, match=run_ids["lost_driver"])
-    emulator.time_out_next_run(after_s=2, match=run_ids["timeout"])
-    emulator.fail_next_submits(1, status=500, error_code="INTERNAL_ERROR", match=run_ids["submit_rejected"])
-    emulator.delay_next_run(pending_s=600, match=run_ids["terminated_by_dagster"])
-    deployment.launch_runs({run_ids[name]: case[0] for name, case in cases.items()})
-
-    # Terminating the Dagster run cancels the (still PENDING) Databricks run.
-    terminated = run_ids["terminated_by_dagster"]
-    deadline = time.monotonic() + 240
-    while _emulated_run_of(emulator, terminated) is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    pending = _emulated_run_of(emulator, terminated)
-    assert pending is not None and pending.life_cycle_state == "PENDING", deployment.explain(terminated)
-    assert deployment.instance.run_launcher.terminate(terminated)
-
-    runs = {name: deployment.wait_for_run(run_id) for name, run_id in run_ids.items()}
+def test_terminating_the_dagster_run_cancels_the_databricks_run(emulator, failing_runs):
+    run_ids, runs = failing_runs
     assert runs["terminated_by_dagster"].status == DagsterRunStatus.CANCELED
-    assert pending.run_id in emulator.cancel_requests
-    emulator.wait_for_run(pending.run_id, timeout_s=10)
-    assert (pending.life_cycle_state, pending.result_state) == ("TERMINATED", "CANCELED")
+    cancelled = _emulated_run_of(emulator, run_ids["terminated_by_dagster"])
+    assert cancelled.run_id in emulator.cancel_requests
+    emulator.wait_for_run(cancelled.run_id, timeout_s=10)
+    assert (cancelled.life_cycle_state, cancelled.result_state) == ("TERMINATED", "CANCELED")
+    assert cancelled.process is None  # cancelled while PENDING: no driver was ever started
 
-    for name, (_, life_cycle, result, classification) in cases.items():
-        if name == "terminated_by_dagster":
-            continue
-        run_id = run_ids[name]
-        assert runs[name].status == DagsterRunStatus.FAILURE, (name, deployment.explain(run_id))
-        failure = deployment.step_failure(run_id)
-        metadata = failure.user_failure_data.metadata
-        assert classify_failure(failure.error, metadata) == classification, name
-        assert metadata[FAILURE_CLASS_KEY].value == classification
-        databricks_run = _emulated_run_of(emulator, run_id)
-        if name == "submit_rejected":
-            assert databricks_run is None  # refused: no run was created
-            assert "HTTP 500" in failure.error.message and "InternalError" in failure.error.message
-            continue
-        message = failure.error.message
-        assert f"Databricks run {databricks_run.run_id} ended in life_cycle_state={life_cycle}" in message, message
-        assert f"result_state={result}" in message, message
-        assert databricks_run.state_message in message
-        assert metadata["databricks_run_id"].value == databricks_run.run_id
-        assert (databricks_run.life_cycle_state, databricks_run.result_state) == (life_cycle, result)
+
+@pytest.mark.parametrize("name", ["internal_error", "lost_driver", "timeout", "submit_rejected"])
+def test_databricks_side_failures_name_the_run_and_are_classified(emulator, deployment, failing_runs, name):
+    run_ids, runs = failing_runs
+    _, life_cycle, result, classification = FAULT_CASES[name]
+    run_id = run_ids[name]
+    assert runs[name].status == DagsterRunStatus.FAILURE, deployment.explain(run_id)
+    failure = deployment.step_failure(run_id)
+    metadata = failure.user_failure_data.metadata
+    assert classify_failure(failure.error, metadata) == classification
+    assert metadata[FAILURE_CLASS_KEY].value == classification
+    databricks_run = _emulated_run_of(emulator, run_id)
+    if name == "submit_rejected":
+        assert databricks_run is None  # refused: no run was created
+        assert "HTTP 500" in failure.error.message and "InternalError" in failure.error.message
+        return
+    message = failure.error.message
+    assert f"Databricks run {databricks_run.run_id} ended in life_cycle_state={life_cycle}" in message, message
+    assert f"result_state={result}" in message, message
+    assert databricks_run.state_message in message
+    assert metadata["databricks_run_id"].value == databricks_run.run_id
+    assert (databricks_run.life_cycle_state, databricks_run.result_state) == (life_cycle, result)
