@@ -39,6 +39,28 @@ Nothing else in the package reads ``os.environ`` for configuration: modules take
 | ``BACKFILL_DATABRICKS_POOL`` | ``databricks_runs`` | Dagster pool of steps that launch Databricks runs (limit: ``dagster.yaml``) |
 | ``BACKFILL_FAULTS`` | (none) | TEST ONLY, see ``faults.py``: ``2024-03-04=transient:2,2024-03-05=logic,...`` |
 | ``BACKFILL_FAULT_STATE_DIR`` | ``<data dir>/fault-injection`` | TEST ONLY: attempt counters of injected faults |
+
+Databricks deployment (read here, checked when the step launcher starts, see ``resources/databricks.py``
+and ``docs/databricks.md``). Secrets are never stored in :class:`Settings`: the token and the OAuth
+client secret are read with ``dagster.EnvVar`` when the launcher starts.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| ``BACKFILL_DATABRICKS_HOST`` | (none) | workspace URL, e.g. ``https://adb-123.4.azuredatabricks.net`` |
+| ``BACKFILL_DATABRICKS_TOKEN`` | (none) | personal access token (secret) |
+| ``BACKFILL_DATABRICKS_CLIENT_ID`` | (none) | OAuth service principal client id (instead of a token) |
+| ``BACKFILL_DATABRICKS_CLIENT_SECRET`` | (none) | OAuth service principal secret (secret) |
+| ``BACKFILL_DATABRICKS_CLUSTER_ID`` | (none) | run on this existing (shared) cluster ... |
+| ``BACKFILL_DATABRICKS_SPARK_VERSION`` | (none) | ... or on a new job cluster per step: runtime, e.g. ``15.4.x-scala2.12`` |
+| ``BACKFILL_DATABRICKS_NODE_TYPE`` | (none) | new job cluster: node type, e.g. ``i3.xlarge`` |
+| ``BACKFILL_DATABRICKS_NUM_WORKERS`` | (none) | new job cluster: fixed number of workers ... |
+| ``BACKFILL_DATABRICKS_AUTOSCALE`` | (none) | ... or autoscaling ``MIN-MAX`` workers, e.g. ``2-8`` |
+| ``BACKFILL_DATABRICKS_LIBRARIES`` | (none) | extra libraries, comma-separated: ``pypi:pkg==1.0``, ``whl:dbfs:/x.whl``, ``jar:dbfs:/x.jar`` |
+| ``BACKFILL_DATABRICKS_STAGING_PREFIX`` | ``/dagster_staging/backfill_platform`` | DBFS folder for the launcher's uploads |
+| ``BACKFILL_DATABRICKS_POLL_INTERVAL_S`` | ``5`` | how often the launcher polls ``runs/get`` |
+| ``BACKFILL_DATABRICKS_MAX_WAIT_S`` | ``3600`` | longest a step may take on Databricks (``timeout_seconds`` too) |
+| ``BACKFILL_DATABRICKS_VIEWER_GROUPS`` | (none) | groups granted CAN_VIEW on each submitted run, comma-separated |
+| ``BACKFILL_DATABRICKS_TABLE_PATH_ROOT`` | (none) | set by the emulator's cluster only: Delta paths instead of Unity Catalog names |
 """
 
 from __future__ import annotations
@@ -165,6 +187,21 @@ class Settings:
     # TEST ONLY (fault injection, see faults.py).
     faults: str = ""
     fault_state_dir: Path | None = None
+    # Databricks deployment: raw values, validated by ``resources.databricks.launcher_config`` when the launcher starts
+    # (never when definitions load). No secrets here.
+    databricks_host: str = ""
+    databricks_client_id: str = ""
+    databricks_cluster_id: str = ""
+    databricks_spark_version: str = ""
+    databricks_node_type: str = ""
+    databricks_num_workers: str = ""
+    databricks_autoscale: str = ""
+    databricks_libraries: str = ""
+    databricks_staging_prefix: str = "/dagster_staging/backfill_platform"
+    databricks_poll_interval_s: str = "5"
+    databricks_max_wait_s: str = "3600"
+    databricks_table_path_root: str = ""
+    databricks_viewer_groups: str = ""
 
     @property
     def backfill_policy(self):
@@ -204,6 +241,7 @@ class Settings:
             "BACKFILL_HOLIDAY_CALENDAR": "holiday_calendar",
             "BACKFILL_SPARK_MASTER": "spark_master",
             "BACKFILL_SPARK_JARS": "spark_jars",
+            **{f"BACKFILL_{name.upper()}": name for name in DATABRICKS_FIELDS},
         }
         for var, field in plain.items():
             if (value := get(var)) is not None:
@@ -271,6 +309,61 @@ def _retry_and_alert_values(env: Mapping[str, str], get) -> dict[str, object]:
     if (value := get("BACKFILL_FAULT_STATE_DIR")) is not None:
         values["fault_state_dir"] = Path(value).expanduser().resolve()
     return values
+
+
+DATABRICKS_FIELDS = (
+    "databricks_host",
+    "databricks_client_id",
+    "databricks_cluster_id",
+    "databricks_spark_version",
+    "databricks_node_type",
+    "databricks_num_workers",
+    "databricks_autoscale",
+    "databricks_libraries",
+    "databricks_staging_prefix",
+    "databricks_poll_interval_s",
+    "databricks_max_wait_s",
+    "databricks_table_path_root",
+    "databricks_viewer_groups",
+)
+DATABRICKS_TOKEN_VAR = "BACKFILL_DATABRICKS_TOKEN"
+DATABRICKS_CLIENT_SECRET_VAR = "BACKFILL_DATABRICKS_CLIENT_SECRET"
+DATABRICKS_SECRET_VARS = (DATABRICKS_TOKEN_VAR, DATABRICKS_CLIENT_SECRET_VAR)
+
+# Settings of the assets themselves, which the step on the cluster must see exactly as the launching
+# process does (the launcher ships them as the run's environment variables; no secrets, no local paths).
+REMOTE_SETTING_VARS = (
+    "BACKFILL_DEPLOYMENT",
+    "BACKFILL_CATALOG",
+    "BACKFILL_SCHEMA",
+    "BACKFILL_SOURCE_TABLE",
+    "BACKFILL_DESTINATION_TABLE",
+    "BACKFILL_CALENDAR_TABLE",
+    "BACKFILL_START_DATE",
+    "BACKFILL_HOLIDAY_CALENDAR",
+    "BACKFILL_EXTRA_CLOSURES",
+    "BACKFILL_MAX_PARTITIONS_PER_RUN",
+)
+
+
+def remote_environment(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The non-secret settings the step on the cluster needs, as environment variables."""
+    env = os.environ if environ is None else environ
+    values = {name: env[name] for name in REMOTE_SETTING_VARS if env.get(name)}
+    values["BACKFILL_DEPLOYMENT"] = settings.deployment
+    return values
+
+
+def secret_is_set(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a secret variable is set, without ever returning its value."""
+    env = os.environ if environ is None else environ
+    return bool((env.get(name) or "").strip())
+
+
+def on_databricks_cluster(environ: Mapping[str, str] | None = None) -> bool:
+    """True inside a Databricks runtime (the runtime, and the project's emulator, set this)."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("DATABRICKS_RUNTIME_VERSION"))
 
 
 def load_settings() -> Settings:
