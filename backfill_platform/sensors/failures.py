@@ -74,7 +74,12 @@ def describe_failed_run(instance: dg.DagsterInstance, run: DagsterRun, timestamp
     if step_failures:
         data = step_failures[-1].dagster_event.step_failure_data
         user = data.user_failure_data
-        if user is not None and user.metadata and ERROR_CLASS_KEY in user.metadata:
+        databricks_class = _meta(user.metadata, "databricks_failure_class") if user and user.metadata else None
+        if databricks_class:  # resources/databricks_errors.py: the launcher's own classification
+            error_class = {"canceled": LOGIC}.get(str(databricks_class), str(databricks_class))
+            reason = f"Databricks: {databricks_class}"
+            message = user.description or ""
+        elif user is not None and user.metadata and ERROR_CLASS_KEY in user.metadata:
             error_class = str(_meta(user.metadata, ERROR_CLASS_KEY))
             reason = str(_meta(user.metadata, ERROR_REASON_KEY, ""))
             bad = tuple(_meta(user.metadata, BAD_DATES_KEY, []) or [])
