@@ -194,10 +194,10 @@ def _wait_until_settled(instance, smtp_sink, timeout_s: float) -> dict:
 
 
 def _destination_runs(instance) -> list:
-    return [
-        record for record in instance.get_run_records()
-        if record.dagster_run.asset_selection and dg.AssetKey("destination_data") in record.dagster_run.asset_selection
-    ]
+    """Backfill runs (asset job) and sensor reruns (destination_data_job, no asset selection)."""
+    from backfill_platform.sensors.failures import targets_destination
+
+    return [record for record in instance.get_run_records() if targets_destination(record.dagster_run, instance)]
 
 
 def _dates(run) -> list[str]:
