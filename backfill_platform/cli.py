@@ -98,6 +98,12 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_spark_server(args: argparse.Namespace) -> int:
+    from backfill_platform.spark_server import serve
+
+    return serve(args.port, say=_say)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="backfill-platform",
@@ -112,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--to", dest="date_to", required=True, metavar="YYYY-MM-DD")
     backfill.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait (default 6 h)")
     backfill.set_defaults(handler=cmd_backfill)
+    server = commands.add_parser(
+        "spark-server",
+        help="run a warm local Spark Connect server that local runs share (BACKFILL_SPARK_REMOTE)",
+    )
+    server.add_argument("--port", type=int, default=15002)
+    server.set_defaults(handler=cmd_spark_server)
     return parser
 
 

@@ -17,6 +17,7 @@ Nothing else in the package reads ``os.environ`` for configuration: modules take
 | ``BACKFILL_EXTRA_CLOSURES`` | (none) | extra closed days: ``2025-01-09=National Day of Mourning,...`` |
 | ``BACKFILL_MAX_PARTITIONS_PER_RUN`` | ``60`` | business days one backfill run processes at most |
 | ``BACKFILL_SPARK_MASTER`` | ``local[2]`` | Spark master of the local deployment |
+| ``BACKFILL_SPARK_REMOTE`` | (none) | ``sc://127.0.0.1:PORT`` of a warm Spark Connect server (``backfill-platform spark-server``) that local runs use instead of starting a JVM each |
 | ``BACKFILL_SPARK_JARS`` | (none) | local Delta jars instead of resolving them from Maven Central |
 | ``BACKFILL_JAR_CACHE`` | ``~/.cache/backfill_platform/jars`` | where Delta's jars are cached after the first start |
 """
@@ -78,6 +79,7 @@ class Settings:
     extra_closures: Mapping[dt.date, str] = dataclasses.field(default_factory=dict)
     max_partitions_per_run: int = 60
     spark_master: str = "local[2]"
+    spark_remote: str = ""
     spark_jars: str = ""
     jar_cache_dir: Path = Path.home() / ".cache" / "backfill_platform" / "jars"
 
@@ -105,6 +107,7 @@ class Settings:
             "BACKFILL_CALENDAR_TABLE": "calendar_table",
             "BACKFILL_HOLIDAY_CALENDAR": "holiday_calendar",
             "BACKFILL_SPARK_MASTER": "spark_master",
+            "BACKFILL_SPARK_REMOTE": "spark_remote",
             "BACKFILL_SPARK_JARS": "spark_jars",
         }
         for var, field in plain.items():
