@@ -64,27 +64,27 @@ def plan(quick: bool, fast_remote: str | None) -> list[Scenario]:
     if quick:
         few = full[:4]
         scenarios = [
-            Scenario("per-date", few[:3], 10, 1),
+            Scenario("chunked", few[:3], 10, 3),
             Scenario("chunked", few, 10, 2),
-            Scenario("chunked", few, 10, 4),
             Scenario("chunked", few, 100, 4),
         ]
         if fast_remote:
-            scenarios.insert(1, Scenario("per-date-fast", few[:3], 10, 1, {"BACKFILL_SPARK_REMOTE": fast_remote}))
+            scenarios.append(Scenario("per-date-fast", few[:3], 10, 1, {"BACKFILL_SPARK_REMOTE": fast_remote}))
+        scenarios.append(Scenario("per-date", few[:3], 10, 1))
         return scenarios
     first = full[:PER_DATE_DATES]
+    # Cheapest first, the long per-date baseline last: results.json is rewritten after every scenario.
     scenarios = [
-        Scenario("per-date", first, 10, 1),
-        Scenario("chunked", first, 10, 10),
-        Scenario("chunked", first, 10, 30),
         Scenario("chunked", first, 10, 60),
-        Scenario("chunked", full, 10, 60),
+        Scenario("chunked", first, 10, 30),
         Scenario("chunked", full, 10, 240),
+        Scenario("chunked", full, 10, 60),
         Scenario("chunked", full, 1_000, 240),
         Scenario("chunked", full, 10_000, 240),
     ]
     if fast_remote:
-        scenarios.insert(1, Scenario("per-date-fast", first, 10, 1, {"BACKFILL_SPARK_REMOTE": fast_remote}))
+        scenarios.append(Scenario("per-date-fast", first, 10, 1, {"BACKFILL_SPARK_REMOTE": fast_remote}))
+    scenarios.append(Scenario("per-date", first, 10, 1))
     return scenarios
 
 
@@ -200,6 +200,7 @@ def run_scenario(scenario: Scenario, work: Path, data_dir: Path, timeout_s: floa
         "BACKFILL_DESTINATION_TABLE": destination_table,
         "BACKFILL_MAX_PARTITIONS_PER_RUN": str(scenario.chunk_size),
         "PYTHONUNBUFFERED": "1",
+        "BACKFILL_SPARK_REMOTE": "",  # only per-date-fast uses the warm server (empty = unset)
         **scenario.env,
     }
     os.environ.update(env)  # the launch below builds the asset graph from the same settings
@@ -252,6 +253,8 @@ def run_scenario(scenario: Scenario, work: Path, data_dir: Path, timeout_s: floa
         "s_per_partition": round(wall / len(scenario.keys), 3),
         "delta_commits": delta_write_commits(table_path) if table_path.exists() else 0,
         "materialized_partitions": len(materialized),
+        # differs from s_per_partition only when a scenario was cut short (then error says so)
+        "s_per_materialized_partition": round(wall / len(materialized), 3) if materialized else None,
         "first_date": scenario.keys[0],
         "last_date": scenario.keys[-1],
         "launch_to_first_run_s": round(first_run_created - launched, 2) if first_run_created else None,
@@ -350,6 +353,41 @@ def plot(results: list[dict], path: Path) -> bool:
     return True
 
 
+def write_summary(args, results: list[dict], definitions_load: dict, sensor: dict | None,
+                  total_started: float) -> dict:
+    def best(predicate) -> dict | None:
+        candidates = [r for r in results if predicate(r) and not r["error"]]
+        return min(candidates, key=lambda r: r["wall_s"]) if candidates else None
+
+    same_dates = 3 if args.quick else PER_DATE_DATES
+    per_date = next((r for r in results if r["scenario"] == "per-date" and not r["error"]), None)
+    if per_date:
+        same_dates = per_date["partitions"]
+    best_chunked = best(lambda r: r["scenario"] == "chunked" and r["partitions"] == same_dates
+                        and r["rows_per_date"] == 10)
+    full_partitions = max((r["partitions"] for r in results), default=0)
+    full_chunked = best(lambda r: r["scenario"] == "chunked" and r["partitions"] == full_partitions
+                        and r["rows_per_date"] == 10)
+    summary = {
+        "mode": "quick" if args.quick else "full",
+        "complete": sensor is not None,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "load_average_now": [round(x, 2) for x in os.getloadavg()]},
+        "ratio_per_date_over_chunked": round(per_date["wall_s"] / best_chunked["wall_s"], 2)
+        if per_date and best_chunked else None,
+        "best_chunked_same_dates": {k: best_chunked[k] for k in ("partitions", "chunk_size", "wall_s")}
+        if best_chunked else None,
+        "full_range_chunked_wall_s": full_chunked["wall_s"] if full_chunked else None,
+        "full_range_partitions": full_partitions,
+        "definitions_load": definitions_load,
+        "rerun_sensor_tick": sensor,
+        "benchmark_wall_s": round(time.monotonic() - total_started, 1),
+        "scenarios": results,
+    }
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a handful of dates (CI smoke test)")
@@ -358,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="run only these scenario names")
     parser.add_argument("--no-fast", action="store_true", help="skip per-date-fast (no Spark Connect server)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per scenario")
+    parser.add_argument("--budget-minutes", type=float, default=None,
+                        help="stop the whole benchmark after this long: the running scenario is cut "
+                             "(its partial figures kept and marked) and later ones are skipped")
     args = parser.parse_args(argv)
 
     work = args.work or args.out / ".work"
@@ -383,7 +424,9 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     data_dirs = seed_sources(work, sorted({s.rows_per_date for s in scenarios}), last_day)
 
-    results = []
+    definitions_load = measure_definitions_load()
+    print(f"definitions load: {definitions_load}", flush=True)
+    results: list[dict] = []
     try:
         for scenario in scenarios:
             if "BACKFILL_SPARK_REMOTE" in scenario.env:
@@ -394,43 +437,25 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  Spark Connect server up at {fast_remote} in {time.monotonic() - started:.1f} s "
                           "(started once, not timed)", flush=True)
                 scenario.env["BACKFILL_SPARK_REMOTE"] = fast_remote
+            timeout = args.timeout
+            if args.budget_minutes is not None:
+                timeout = min(timeout, total_started + args.budget_minutes * 60 - time.monotonic())
+                if timeout < 30:
+                    print(f"Skipping {scenario.slug}: the --budget-minutes budget is used up", flush=True)
+                    continue
             print(f"Running {scenario.slug} ({len(scenario.keys)} partitions) ...", flush=True)
-            result = run_scenario(scenario, work, data_dirs[scenario.rows_per_date], args.timeout)
+            result = run_scenario(scenario, work, data_dirs[scenario.rows_per_date], timeout)
             print(f"  -> {result['wall_s']} s wall, {result['runs']} runs, "
                   f"{result['materialized_partitions']}/{result['partitions']} materialized, "
                   f"phases {result['run_phase_medians_s']}" + (f", ERROR {result['error']}" if result["error"] else ""),
                   flush=True)
             results.append(result)
+            write_summary(args, results, definitions_load, None, total_started)
     finally:
         if server is not None:
             server.stop()
 
-    def best(predicate) -> dict | None:
-        candidates = [r for r in results if predicate(r) and not r["error"]]
-        return min(candidates, key=lambda r: r["wall_s"]) if candidates else None
-
-    per_date = next((r for r in results if r["scenario"] == "per-date"), None)
-    same_dates = per_date["partitions"] if per_date else None
-    best_chunked = best(lambda r: r["scenario"] == "chunked" and r["partitions"] == same_dates
-                        and r["rows_per_date"] == 10)
-    full_partitions = max(r["partitions"] for r in results)
-    full_chunked = best(lambda r: r["scenario"] == "chunked" and r["partitions"] == full_partitions
-                        and r["rows_per_date"] == 10)
-    summary = {
-        "mode": "quick" if args.quick else "full",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "load_average_at_end": list(os.getloadavg())},
-        "ratio_per_date_over_chunked": round(per_date["wall_s"] / best_chunked["wall_s"], 2)
-        if per_date and best_chunked else None,
-        "best_chunked_same_dates": {k: best_chunked[k] for k in ("chunk_size", "wall_s")} if best_chunked else None,
-        "full_range_chunked_wall_s": full_chunked["wall_s"] if full_chunked else None,
-        "full_range_partitions": full_partitions,
-        "definitions_load": measure_definitions_load(),
-        "rerun_sensor_tick": measure_rerun_sensor_tick(work),
-        "benchmark_wall_s": round(time.monotonic() - total_started, 1),
-        "scenarios": results,
-    }
-    (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary = write_summary(args, results, definitions_load, measure_rerun_sensor_tick(work), total_started)
     print()
     print_table(results)
     print()

@@ -197,6 +197,7 @@ def start_remote_session(remote: str) -> Any:
             f"BACKFILL_SPARK_REMOTE={remote} needs the Spark Connect client libraries ({error}). "
             "Install them with: pip install -e '.[fast]' (or unset BACKFILL_SPARK_REMOTE)."
         ) from error
+    _check_reachable(remote)
     try:
         # builder.remote() also switches this process's pyspark.sql.functions to Connect mode.
         session = SparkSession.builder.remote(remote).getOrCreate()
@@ -208,3 +209,24 @@ def start_remote_session(remote: str) -> Any:
             "an embedded Spark in each run."
         ) from error
     return session
+
+
+def _check_reachable(remote: str) -> None:
+    """Fail in a second, not after the Connect client's minutes of retries, when nothing listens."""
+    import socket
+    from urllib.parse import urlparse
+
+    parsed = urlparse(remote)
+    if parsed.scheme != "sc" or not parsed.hostname:
+        raise SparkStartError(
+            f"BACKFILL_SPARK_REMOTE={remote!r} is not a Spark Connect URL like sc://127.0.0.1:15002."
+        )
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 15002), timeout=5):
+            pass
+    except OSError as error:
+        raise SparkStartError(
+            f"No Spark Connect server answers at BACKFILL_SPARK_REMOTE={remote} ({error}). "
+            "Start one with `backfill-platform spark-server`, or unset BACKFILL_SPARK_REMOTE to start "
+            "an embedded Spark in each run."
+        ) from None
