@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -112,15 +113,24 @@ class SparkConnectServerProcess:
 
     def _warm_up(self) -> None:
         """One tiny Delta round trip, so the first run does not pay for class loading."""
-        from backfill_platform.resources.spark import start_remote_session
-
-        session = start_remote_session(self.remote)
-        try:
-            path = str(Path(self.settings.data_dir) / "warmup")
-            session.range(2).write.format("delta").mode("overwrite").save(path)
-            session.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").collect()
-        finally:
-            session.stop()
+        # In a child process: a Connect client switches its whole process (and the environment its
+        # children inherit: SPARK_CONNECT_MODE_ENABLED) to Connect mode.
+        path = str(Path(self.settings.data_dir) / "warmup")
+        code = (
+            "import sys; from backfill_platform.resources.spark import start_remote_session\n"
+            "session = start_remote_session(sys.argv[1])\n"
+            "session.range(2).write.format('delta').mode('overwrite').save(sys.argv[2])\n"
+            "session.sql(f'DESCRIBE HISTORY delta.`{sys.argv[2]}` LIMIT 1').collect()\n"
+        )
+        completed = subprocess.run([sys.executable, "-c", code, self.remote, path],
+                                   capture_output=True, text=True)
+        if completed.returncode != 0:
+            self.stop()
+            raise SparkServerError(
+                f"The Spark Connect server at {self.remote} did not complete a Delta write: "
+                f"{completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else completed.returncode}; "
+                f"see {self.log_path}."
+            )
 
     def stop(self, timeout_s: float = 30) -> None:
         if self.process is None or self.process.poll() is not None:
