@@ -69,6 +69,7 @@ def local_spark_config(settings: Settings) -> dict[str, str]:
         "spark.driver.extraJavaOptions": SHORT_LIVED_JVM_OPTIONS,
     }
     config.update(delta_jars_config(settings))
+    config.update(settings.spark_conf)
     return config
 
 
