@@ -27,10 +27,17 @@ SCENARIO_FIELDS = {
 @pytest.mark.timeout(1800)  # 8 runs (4 JVM starts) + a Spark Connect server; minutes on a busy machine
 def test_quick_benchmark_materializes_every_scenario(tmp_path):
     out = tmp_path / "bench"
-    completed = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, str(PROJECT_ROOT / "bench" / "run.py"), "--quick", "--out", str(out)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1700,
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=1700)
+    finally:
+        if process.poll() is None:  # SIGTERM: the benchmark stops its daemon and Spark server
+            process.terminate()
+            process.communicate(timeout=120)
+    completed = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
     assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
 

@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -407,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop the whole benchmark after this long: the running scenario is cut "
                              "(its partial figures kept and marked) and later ones are skipped")
     args = parser.parse_args(argv)
+    # SIGTERM (a CI timeout) runs the finally blocks that stop the daemon and the Spark server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     work = args.work or args.out / ".work"
     shutil.rmtree(work, ignore_errors=True)
