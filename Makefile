@@ -6,12 +6,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 
-.PHONY: setup demo test dev daemon clean
+.PHONY: setup demo test dev daemon clean bench bench-quick
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -28,5 +32,14 @@ test: setup
 dev: setup
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
+## Benchmark per-date vs chunked backfills through a real instance + daemon (docs/benchmark.md);
+## writes bench/results.json and bench/results.png. Tens of minutes on a 2-core machine.
+bench: $(VENV)/.bench-installed
+	$(BIN)/python bench/run.py
+
+## The same with a handful of dates (what CI's smoke test runs; a few minutes).
+bench-quick: $(VENV)/.bench-installed
+	$(BIN)/python bench/run.py --quick
+
 clean:
-	rm -rf .data dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs
+	rm -rf .data bench/.work dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

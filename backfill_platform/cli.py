@@ -122,6 +122,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     for line in report.lines():
         _say(line)
     return EXIT_OK
+def cmd_spark_server(args: argparse.Namespace) -> int:
+    from backfill_platform.spark_server import serve
+
+    return serve(args.port, say=_say)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--timestamp", metavar="T", help="restore the version current at T (e.g. 2025-11-20T14:30:00)")
     restore.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
     restore.set_defaults(handler=cmd_restore)
+    server = commands.add_parser(
+        "spark-server",
+        help="run a warm local Spark Connect server that local runs share (BACKFILL_SPARK_REMOTE)",
+    )
+    server.add_argument("--port", type=int, default=15002)
+    server.set_defaults(handler=cmd_spark_server)
     return parser
 
 

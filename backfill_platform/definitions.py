@@ -25,7 +25,7 @@ defs = dg.Definitions(
     sensors=_automation["sensors"],
     schedules=_automation["schedules"],
     resources={**resources_for(load_settings()), **_automation["resources"]},
-    # One step per run: the step runs in the run worker, so step retries reuse its warm Spark
-    # session instead of starting a new process and JVM per attempt (multiprocess executor).
+    # A run has one step (destination_data) or a few: running it in the run's own process saves a
+    # second Python process per run (docs/benchmark.md) and lets step retries reuse the warm Spark session.
     executor=dg.in_process_executor,
 )

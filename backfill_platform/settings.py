@@ -17,6 +17,7 @@ Nothing else in the package reads ``os.environ`` for configuration: modules take
 | ``BACKFILL_EXTRA_CLOSURES`` | (none) | extra closed days: ``2025-01-09=National Day of Mourning,...`` |
 | ``BACKFILL_MAX_PARTITIONS_PER_RUN`` | ``60`` | business days one backfill run processes at most; ``all``: one run per backfill (``BackfillPolicy.single_run()``, which ``dagster asset materialize --partition-range`` requires) |
 | ``BACKFILL_SPARK_MASTER`` | ``local[2]`` | Spark master of the local deployment |
+| ``BACKFILL_SPARK_REMOTE`` | (none) | ``sc://127.0.0.1:PORT`` of a warm Spark Connect server (``backfill-platform spark-server``) that local runs use instead of starting a JVM each |
 | ``BACKFILL_SPARK_JARS`` | (none) | local Delta jars instead of resolving them from Maven Central |
 | ``BACKFILL_SPARK_CONF`` | (none) | extra Spark settings for the local session: ``key=value;key=value`` |
 | ``BACKFILL_JAR_CACHE`` | ``~/.cache/backfill_platform/jars`` | where Delta's jars are cached after the first start |
@@ -160,6 +161,7 @@ class Settings:
     extra_closures: Mapping[dt.date, str] = dataclasses.field(default_factory=dict)
     max_partitions_per_run: int | None = 60  # None: single run
     spark_master: str = "local[2]"
+    spark_remote: str = ""
     spark_jars: str = ""
     spark_conf: Mapping[str, str] = dataclasses.field(default_factory=dict)
     jar_cache_dir: Path = Path.home() / ".cache" / "backfill_platform" / "jars"
@@ -240,6 +242,7 @@ class Settings:
             "BACKFILL_CALENDAR_TABLE": "calendar_table",
             "BACKFILL_HOLIDAY_CALENDAR": "holiday_calendar",
             "BACKFILL_SPARK_MASTER": "spark_master",
+            "BACKFILL_SPARK_REMOTE": "spark_remote",
             "BACKFILL_SPARK_JARS": "spark_jars",
             **{f"BACKFILL_{name.upper()}": name for name in DATABRICKS_FIELDS},
         }

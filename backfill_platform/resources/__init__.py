@@ -17,7 +17,7 @@ from backfill_platform.settings import Settings
 
 def local_resources(settings: Settings) -> dict[str, Any]:
     return {
-        "pyspark": DeltaSparkResource(spark_config=local_spark_config(settings)),
+        "pyspark": DeltaSparkResource(spark_config=local_spark_config(settings), remote=settings.spark_remote),
         "tables": DeltaTables.from_settings(settings, mode="path"),
         STEP_LAUNCHER_KEY: in_process_step_launcher(),
     }

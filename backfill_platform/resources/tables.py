@@ -28,11 +28,22 @@ class DeltaLocation:
             return spark.read.format("delta").load(self.path)
         return spark.table(self.name)
 
-    def exists(self, spark: Any) -> bool:
-        from delta.tables import DeltaTable
+    @property
+    def sql_name(self) -> str:
+        """How Delta SQL names this table: ``delta.`/path``` or ``catalog.schema.table``."""
+        return f"delta.`{self.path}`" if self.path else self.name
 
+    def exists(self, spark: Any) -> bool:
         if self.path:
-            return DeltaTable.isDeltaTable(spark, self.path)
+            # SQL rather than DeltaTable.isDeltaTable: it also works on a Spark Connect session
+            # (BACKFILL_SPARK_REMOTE), where Delta's Python API needs a server plugin.
+            from pyspark.errors import AnalysisException
+
+            try:
+                spark.sql(f"DESCRIBE HISTORY {self.sql_name} LIMIT 1").collect()
+            except AnalysisException:
+                return False
+            return True
         return spark.catalog.tableExists(self.name)
 
     def delta_table(self, spark: Any) -> Any:
@@ -53,8 +64,12 @@ class DeltaLocation:
         """Point a ``DeltaTable.createIfNotExists`` builder at this table."""
         return builder.location(self.path) if self.path else builder.tableName(self.name)
 
+    def last_commit(self, spark: Any) -> Any:
+        """The latest row of ``DESCRIBE HISTORY`` (version, operation, operationMetrics, ...)."""
+        return spark.sql(f"DESCRIBE HISTORY {self.sql_name} LIMIT 1").first()
+
     def latest_version(self, spark: Any) -> int:
-        return int(self.delta_table(spark).history(1).select("version").first()[0])
+        return int(self.last_commit(spark)["version"])
 
     def __str__(self) -> str:
         return f"{self.name} ({self.path})" if self.path else self.name

@@ -1,0 +1,482 @@
+"""Backfill throughput benchmark: per-date runs vs chunked runs, through a real Dagster instance.
+
+    make bench          # the full benchmark (tens of minutes on a 2-core machine)
+    make bench-quick    # a handful of dates: the CI smoke test
+    .venv/bin/python bench/run.py [--quick] [--out DIR] [--only SCENARIO ...]
+
+Every scenario gets its own DAGSTER_HOME (the project's dagster.yaml: QueuedRunCoordinator, 2 concurrent
+runs), its own destination table, and its own ``dagster-daemon run`` started with the scenario's
+environment (``BACKFILL_MAX_PARTITIONS_PER_RUN`` sets the backfill policy's chunk size). The benchmark
+stores an asset backfill of ``destination_data`` in the instance exactly like the UI/CLI do, starts the
+daemon, and waits until every requested partition is materialized. Nothing calls the asset directly.
+
+Timing: ``wall_s`` runs from storing the backfill (the launch, before the daemon starts, so it includes
+the daemon's start and workspace load) to the last ``destination_data`` materialization event. The
+backfill daemon marks the backfill COMPLETED on its next 30 s tick; that fixed lag is not counted.
+
+The sources (10 / 1,000 / 10,000 rows per date) are seeded once, before the scenarios, in this process
+(not timed). Results: ``<out>/results.json``, ``<out>/results.png`` and a table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message=".*is currently in beta.*")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+RANGE_FIRST, RANGE_LAST = "2024-01-01", "2025-11-20"  # the seed's source range: 474 business days
+PER_DATE_DATES = 60
+
+
+@dataclasses.dataclass
+class Scenario:
+    scenario: str
+    keys: list[str]
+    rows_per_date: int
+    chunk_size: int
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    # filled in by run_scenario
+    result: dict | None = None
+
+    @property
+    def slug(self) -> str:
+        return f"{self.scenario}-{len(self.keys)}d-{self.rows_per_date}r-c{self.chunk_size}"
+
+
+def plan(quick: bool, fast_remote: str | None) -> list[Scenario]:
+    from backfill_platform.partitions import business_days_between
+
+    full = [str(key) for key in business_days_between(RANGE_FIRST, RANGE_LAST)]
+    if quick:
+        few = full[:3]
+        scenarios = [
+            Scenario("chunked", few, 10, 3),
+            Scenario("chunked", few, 100, 3),
+        ]
+        if fast_remote:
+            scenarios.append(Scenario("per-date-fast", few[:3], 10, 1, {"BACKFILL_SPARK_REMOTE": fast_remote}))
+        scenarios.append(Scenario("per-date", few[:3], 10, 1))
+        return scenarios
+    first = full[:PER_DATE_DATES]
+    # Cheapest first, the long per-date baseline last: results.json is rewritten after every scenario.
+    scenarios = [
+        Scenario("chunked", first, 10, 60),
+        Scenario("chunked", first, 10, 30),
+        Scenario("chunked", full, 10, 240),
+        Scenario("chunked", full, 10, 60),
+        Scenario("chunked", full, 1_000, 240),
+        Scenario("chunked", full, 10_000, 240),
+    ]
+    if fast_remote:
+        scenarios.append(Scenario("per-date-fast", first, 10, 1, {"BACKFILL_SPARK_REMOTE": fast_remote}))
+    scenarios.append(Scenario("per-date", first, 10, 1))
+    return scenarios
+
+
+# --------------------------------------------------------------------------------------------------
+# seeding (not timed)
+
+
+def seed_sources(work: Path, rows_options: list[int], last_day: str) -> dict[int, Path]:
+    """Materialize source_data (+ business_calendar) once per rows/date option, with one Spark."""
+    import dagster as dg
+
+    from backfill_platform.assets import business_calendar, source_data
+    from backfill_platform.resources import local_resources
+    from backfill_platform.resources.spark import local_spark_config, start_spark_session
+    from backfill_platform.settings import Settings
+
+    data_dirs: dict[int, Path] = {}
+    spark = None
+    try:
+        for rows in rows_options:
+            data_dir = work / f"data-r{rows}"
+            settings = Settings(data_dir=data_dir)
+            if spark is None:
+                spark = start_spark_session(local_spark_config(settings))
+            started = time.monotonic()
+            result = dg.materialize(
+                [source_data, business_calendar],
+                resources=local_resources(settings),
+                run_config={
+                    "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                    "ops": {
+                        "source_data": {
+                            "config": {"first_day": RANGE_FIRST, "last_day": last_day, "rows_per_date": rows}
+                        }
+                    }
+                },
+                instance=dg.DagsterInstance.ephemeral(),
+            )
+            assert result.success, f"seeding {rows} rows/date failed"
+            print(f"  seeded source ({rows} rows/date, ..{last_day}) in {time.monotonic() - started:.1f} s",
+                  flush=True)
+            data_dirs[rows] = data_dir
+    finally:
+        if spark is not None:
+            spark.stop()
+    return data_dirs
+
+
+# --------------------------------------------------------------------------------------------------
+# one scenario through instance + daemon + run queue
+
+
+def delta_write_commits(table_path: Path) -> int:
+    """Commits of the destination that wrote data (replaceWhere overwrites), from the Delta log."""
+    commits = 0
+    for entry in sorted((table_path / "_delta_log").glob("*.json")):
+        for line in entry.read_text().splitlines():
+            action = json.loads(line)
+            if "commitInfo" in action and action["commitInfo"].get("operation") == "WRITE":
+                commits += 1
+    return commits
+
+
+def run_profile(instance, runs) -> dict[str, float]:
+    """Median seconds per run phase, from each run's Dagster event log."""
+    import dagster as dg
+
+    phases: dict[str, list[float]] = {}
+
+    def add(name: str, value: float | None) -> None:
+        if value is not None:
+            phases.setdefault(name, []).append(value)
+
+    for run in runs:
+        first: dict[str, float] = {}
+        meta: dict = {}
+        for entry in instance.all_logs(run.run_id):
+            event = entry.dagster_event
+            if event is None:
+                continue
+            first.setdefault(event.event_type_value, entry.timestamp)
+            if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and not meta:
+                meta = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
+
+        def span(a: str, b: str) -> float | None:
+            return first[b] - first[a] if a in first and b in first else None
+
+        add("queued", span("PIPELINE_ENQUEUED", "PIPELINE_STARTING"))
+        add("process_start_imports_defs", span("PIPELINE_STARTING", "PIPELINE_START"))
+        add("executor_to_step", span("PIPELINE_START", "STEP_START"))
+        add("step_body", span("STEP_START", "ASSET_MATERIALIZATION"))
+        add("after_step", span("ASSET_MATERIALIZATION", "PIPELINE_SUCCESS"))
+        add("run_total", span("PIPELINE_STARTING", "PIPELINE_SUCCESS"))
+        for key in ("spark_session_s", "read_check_s", "write_commit_s"):
+            if key in meta:
+                add(key.removesuffix("_s"), float(meta[key]))
+    return {name: round(statistics.median(values), 2) for name, values in phases.items()}
+
+
+def run_scenario(scenario: Scenario, work: Path, data_dir: Path, timeout_s: float) -> dict:
+    import dagster as dg
+    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
+
+    from backfill_platform import backfills
+
+    home = work / "homes" / scenario.slug
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    destination_table = "dest_" + scenario.slug.replace("-", "_")
+    env = {
+        "BACKFILL_DATA_DIR": str(data_dir),
+        "BACKFILL_DESTINATION_TABLE": destination_table,
+        "BACKFILL_MAX_PARTITIONS_PER_RUN": str(scenario.chunk_size),
+        "PYTHONUNBUFFERED": "1",
+        "BACKFILL_SPARK_REMOTE": "",  # only per-date-fast uses the warm server (empty = unset)
+        **scenario.env,
+    }
+    os.environ.update(env)  # the launch below builds the asset graph from the same settings
+    os.environ["DAGSTER_HOME"] = str(home)
+    from backfill_platform.definitions import defs  # noqa: PLC0415 (settings read at first import)
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    expected = set(scenario.keys)
+    daemon = backfills.DaemonProcess(home, env=env, log_path=work / "logs" / f"{scenario.slug}-daemon.log")
+    launched = time.time()
+    backfill_id = backfills.launch_destination_backfill(
+        instance, defs, scenario.keys, title=f"bench {scenario.slug}"
+    )
+    daemon.start()
+    error = None
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            done = expected <= set(instance.get_materialized_partitions(backfills.DESTINATION))
+            runs = backfills.backfill_runs(instance, backfill_id)
+            failed = [run for run in runs if run.status == DagsterRunStatus.FAILURE]
+            if done:
+                # let the runs record their end (RUN_SUCCESS) before the daemon's processes stop;
+                # wall_s still ends at the last materialization
+                settle = time.monotonic() + 60
+                while time.monotonic() < settle and any(
+                    not run.is_finished for run in backfills.backfill_runs(instance, backfill_id)
+                ):
+                    time.sleep(0.5)
+                break
+            if failed:
+                error = f"{len(failed)} run(s) failed, e.g. {failed[0].run_id}"
+                break
+            if time.monotonic() > deadline:
+                error = f"timed out after {timeout_s:.0f} s"
+                break
+            time.sleep(0.5)
+    finally:
+        daemon.stop()
+
+    records = instance.fetch_materializations(backfills.DESTINATION, limit=10_000).records
+    last_materialization = max((record.timestamp for record in records), default=launched)
+    materialized = set(instance.get_materialized_partitions(backfills.DESTINATION)) & expected
+    runs = backfills.backfill_runs(instance, backfill_id)
+    first_run_created = min((run_record.create_timestamp.timestamp() for run_record in
+                             instance.get_run_records(RunsFilter(tags={"dagster/backfill": backfill_id}))),
+                            default=None)
+    wall = last_materialization - launched
+    table_path = data_dir / "warehouse" / "backfill_demo" / destination_table
+    result = {
+        "scenario": scenario.scenario,
+        "partitions": len(scenario.keys),
+        "rows_per_date": scenario.rows_per_date,
+        "chunk_size": scenario.chunk_size,
+        "runs": len(runs),
+        "runs_succeeded": sum(run.status == DagsterRunStatus.SUCCESS for run in runs),
+        "wall_s": round(wall, 2),
+        "s_per_partition": round(wall / len(scenario.keys), 3),
+        "delta_commits": delta_write_commits(table_path) if table_path.exists() else 0,
+        "materialized_partitions": len(materialized),
+        # differs from s_per_partition only when a scenario was cut short (then error says so)
+        "s_per_materialized_partition": round(wall / len(materialized), 3) if materialized else None,
+        "first_date": scenario.keys[0],
+        "last_date": scenario.keys[-1],
+        "launch_to_first_run_s": round(first_run_created - launched, 2) if first_run_created else None,
+        "run_phase_medians_s": run_profile(instance, runs),
+        "error": error,
+    }
+    instance.dispose()
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# definitions load, sensor tick hook, output
+
+
+def measure_definitions_load() -> dict[str, float]:
+    python = sys.executable
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    code = (
+        "import time; t = time.perf_counter(); from backfill_platform.definitions import defs; "
+        "defs.resolve_asset_graph(); print(time.perf_counter() - t)"
+    )
+    started = time.monotonic()
+    out = subprocess.run([python, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    import_s = float(out.stdout.strip().splitlines()[-1])
+    import_process_s = time.monotonic() - started
+    dagster = Path(python).with_name("dagster")
+    started = time.monotonic()
+    subprocess.run([str(dagster), "definitions", "validate", "-m", "backfill_platform.definitions"],
+                   cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    validate_s = time.monotonic() - started
+    return {
+        "import_defs_s": round(import_s, 2),
+        "import_defs_process_s": round(import_process_s, 2),
+        "definitions_validate_s": round(validate_s, 2),
+    }
+
+
+def measure_rerun_sensor_tick(work: Path) -> dict:
+    """Hook for issue 4's rerun sensor: time one tick of every sensor whose name contains 'rerun'."""
+    import dagster as dg
+
+    from backfill_platform.definitions import defs
+
+    sensors = [sensor for sensor in (defs.sensors or []) if "rerun" in sensor.name]
+    if not sensors:
+        return {"available": False, "note": "no sensor named *rerun* in defs (issue 4 not merged yet)"}
+    ticks = {}
+    with dg.instance_for_test(temp_dir=str(work / "sensor-home")) as instance:
+        for sensor in sensors:
+            started = time.perf_counter()
+            sensor.evaluate_tick(dg.build_sensor_context(instance=instance, definitions=defs))
+            ticks[sensor.name] = round(time.perf_counter() - started, 3)
+    return {"available": True, "tick_s": ticks}
+
+
+def print_table(results: list[dict]) -> None:
+    header = ("scenario", "partitions", "rows_per_date", "chunk_size", "runs", "wall_s", "s_per_partition",
+              "delta_commits", "materialized_partitions")
+    widths = [max(len(h), 8) for h in header]
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    for result in results:
+        print("  ".join(str(result[h]).rjust(w) for h, w in zip(header, widths)))
+
+
+def plot(results: list[dict], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install -e '.[bench]'): no plot", flush=True)
+        return False
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    labels = [f"{r['scenario']}\n{r['partitions']}d c{r['chunk_size']} {r['rows_per_date']}r" for r in results]
+    left.bar(range(len(results)), [r["wall_s"] for r in results],
+             color=["tab:red" if r["scenario"] == "per-date" else "tab:orange" if r["scenario"] == "per-date-fast"
+                    else "tab:blue" for r in results])
+    left.set_xticks(range(len(results)), labels, fontsize=7)
+    left.set_ylabel("wall time, launch to last partition materialized (s)")
+    left.set_title("Wall time per scenario")
+    full = max(r["partitions"] for r in results)
+    by_rows = [r for r in results if r["scenario"] == "chunked" and r["partitions"] == full]
+    best: dict[int, dict] = {}
+    for r in by_rows:
+        if r["rows_per_date"] not in best or r["wall_s"] < best[r["rows_per_date"]]["wall_s"]:
+            best[r["rows_per_date"]] = r
+    xs = sorted(best)
+    right.plot(xs, [best[x]["wall_s"] for x in xs], marker="o")
+    right.set_xscale("log")
+    right.set_xlabel(f"source rows per date ({full} dates, chunked)")
+    right.set_ylabel("wall time (s)")
+    right.set_title("Chunked wall time against data size")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def write_summary(args, results: list[dict], definitions_load: dict, sensor: dict | None,
+                  total_started: float) -> dict:
+    def best(predicate) -> dict | None:
+        candidates = [r for r in results if predicate(r) and not r["error"]]
+        return min(candidates, key=lambda r: r["wall_s"]) if candidates else None
+
+    same_dates = 3 if args.quick else PER_DATE_DATES
+    per_date = next((r for r in results if r["scenario"] == "per-date" and not r["error"]), None)
+    if per_date:
+        same_dates = per_date["partitions"]
+    best_chunked = best(lambda r: r["scenario"] == "chunked" and r["partitions"] == same_dates
+                        and r["rows_per_date"] == 10)
+    full_partitions = max((r["partitions"] for r in results), default=0)
+    full_chunked = best(lambda r: r["scenario"] == "chunked" and r["partitions"] == full_partitions
+                        and r["rows_per_date"] == 10)
+    summary = {
+        "mode": "quick" if args.quick else "full",
+        "complete": sensor is not None,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "load_average_now": [round(x, 2) for x in os.getloadavg()]},
+        "ratio_per_date_over_chunked": round(per_date["wall_s"] / best_chunked["wall_s"], 2)
+        if per_date and best_chunked else None,
+        "best_chunked_same_dates": {k: best_chunked[k] for k in ("partitions", "chunk_size", "wall_s")}
+        if best_chunked else None,
+        "full_range_chunked_wall_s": full_chunked["wall_s"] if full_chunked else None,
+        "full_range_partitions": full_partitions,
+        "definitions_load": definitions_load,
+        "rerun_sensor_tick": sensor,
+        "benchmark_wall_s": round(time.monotonic() - total_started, 1),
+        "scenarios": results,
+    }
+    (args.out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a handful of dates (CI smoke test)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench", help="where results.json/png go")
+    parser.add_argument("--work", type=Path, default=None, help="scratch dir (default <out>/.work)")
+    parser.add_argument("--only", nargs="*", default=None, help="run only these scenario names")
+    parser.add_argument("--no-fast", action="store_true", help="skip per-date-fast (no Spark Connect server)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per scenario")
+    parser.add_argument("--budget-minutes", type=float, default=None,
+                        help="stop the whole benchmark after this long: the running scenario is cut "
+                             "(its partial figures kept and marked) and later ones are skipped")
+    args = parser.parse_args(argv)
+    # SIGTERM (a CI timeout) runs the finally blocks that stop the daemon and the Spark server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    work = args.work or args.out / ".work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    (work / "logs").mkdir()
+    args.out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("DAGSTER_HOME", str(work))  # replaced per scenario
+
+    from backfill_platform import spark_server
+
+    total_started = time.monotonic()
+    server = None
+    fast_remote = None
+    if not args.no_fast:
+        server = spark_server.SparkConnectServerProcess(data_dir=work / "data-spark-server",
+                                                       log_path=work / "logs" / "spark-connect-server.log")
+    scenarios = plan(args.quick, "pending" if server else None)
+    if args.only:
+        scenarios = [s for s in scenarios if s.scenario in args.only]
+    last_day = max(key for s in scenarios for key in s.keys)
+    print(f"Seeding sources for {sorted({s.rows_per_date for s in scenarios})} rows/date (not timed) ...",
+          flush=True)
+    data_dirs = seed_sources(work, sorted({s.rows_per_date for s in scenarios}), last_day)
+
+    definitions_load = measure_definitions_load()
+    print(f"definitions load: {definitions_load}", flush=True)
+    results: list[dict] = []
+    try:
+        for scenario in scenarios:
+            if "BACKFILL_SPARK_REMOTE" in scenario.env:
+                if fast_remote is None:
+                    started = time.monotonic()
+                    server.start()
+                    fast_remote = server.remote
+                    print(f"  Spark Connect server up at {fast_remote} in {time.monotonic() - started:.1f} s "
+                          "(started once, not timed)", flush=True)
+                scenario.env["BACKFILL_SPARK_REMOTE"] = fast_remote
+            timeout = args.timeout
+            if args.budget_minutes is not None:
+                timeout = min(timeout, total_started + args.budget_minutes * 60 - time.monotonic())
+                if timeout < 30:
+                    print(f"Skipping {scenario.slug}: the --budget-minutes budget is used up", flush=True)
+                    continue
+            print(f"Running {scenario.slug} ({len(scenario.keys)} partitions) ...", flush=True)
+            result = run_scenario(scenario, work, data_dirs[scenario.rows_per_date], timeout)
+            print(f"  -> {result['wall_s']} s wall, {result['runs']} runs, "
+                  f"{result['materialized_partitions']}/{result['partitions']} materialized, "
+                  f"phases {result['run_phase_medians_s']}" + (f", ERROR {result['error']}" if result["error"] else ""),
+                  flush=True)
+            results.append(result)
+            write_summary(args, results, definitions_load, None, total_started)
+    finally:
+        if server is not None:
+            server.stop()
+
+    summary = write_summary(args, results, definitions_load, measure_rerun_sensor_tick(work), total_started)
+    print()
+    print_table(results)
+    print()
+    for key in ("ratio_per_date_over_chunked", "full_range_chunked_wall_s", "definitions_load", "rerun_sensor_tick",
+                "benchmark_wall_s"):
+        print(f"{key}: {summary[key]}")
+    if plot(results, args.out / "results.png"):
+        print(f"plot: {args.out / 'results.png'}")
+    print(f"results: {args.out / 'results.json'}")
+    return 1 if any(r["error"] for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
