@@ -19,6 +19,8 @@ Nothing else in the package reads ``os.environ`` for configuration: modules take
 | ``BACKFILL_SPARK_MASTER`` | ``local[2]`` | Spark master of the local deployment |
 | ``BACKFILL_SPARK_JARS`` | (none) | local Delta jars instead of resolving them from Maven Central |
 | ``BACKFILL_JAR_CACHE`` | ``~/.cache/backfill_platform/jars`` | where Delta's jars are cached after the first start |
+| ``BACKFILL_LOG_TABLE`` | ``backfill_log`` | table ``status --export-log`` writes the run history to |
+| ``BACKFILL_UI_URL`` | ``http://127.0.0.1:3000`` | base URL of the Dagster UI, for run links in reports |
 """
 
 from __future__ import annotations
@@ -80,6 +82,8 @@ class Settings:
     spark_master: str = "local[2]"
     spark_jars: str = ""
     jar_cache_dir: Path = Path.home() / ".cache" / "backfill_platform" / "jars"
+    log_table: str = "backfill_log"
+    ui_url: str = "http://127.0.0.1:3000"
 
     def __post_init__(self) -> None:
         if self.deployment not in DEPLOYMENTS:
@@ -106,6 +110,8 @@ class Settings:
             "BACKFILL_HOLIDAY_CALENDAR": "holiday_calendar",
             "BACKFILL_SPARK_MASTER": "spark_master",
             "BACKFILL_SPARK_JARS": "spark_jars",
+            "BACKFILL_LOG_TABLE": "log_table",
+            "BACKFILL_UI_URL": "ui_url",
         }
         for var, field in plain.items():
             if (value := get(var)) is not None:

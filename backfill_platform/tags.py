@@ -12,3 +12,10 @@ RERUN_OF_RUN_ID = f"{PREFIX}/rerun_of_run_id"  # the failed run this rerun repai
 RERUN_ATTEMPT = f"{PREFIX}/rerun_attempt"  # 1, 2, ... sensor-driven attempts for this partition
 RERUN_REASON = f"{PREFIX}/rerun_reason"  # short reason (error class / message) of the failure
 REQUESTED_BY = f"{PREFIX}/requested_by"  # "rerun_failed_partitions", "schedule", "cli", ...
+
+# Set by the rerun sensor on a failed run it will not rerun (attempt limit reached, or a logic error);
+# a status report finds give-ups with RunsFilter(tags={GAVE_UP: "true"}).
+GAVE_UP = f"{PREFIX}/rerun_gave_up"
+GAVE_UP_REASON = f"{PREFIX}/rerun_gave_up_reason"
+# Set by `backfill-platform backfill` on every run it submits itself (chunked mode), to follow them.
+LAUNCH_ID = f"{PREFIX}/launch_id"
