@@ -208,14 +208,30 @@ def _in_dates(frame: Any, dates: Iterable[dt.date]) -> Any:
     return frame.where(F.col(POSITION_DATE).isin(list(dates)))
 
 
-def check_rows_match(destination: Any, dates: Sequence[dt.date], expected_rows_per_date: Mapping[str, int],
-                     dropped_rows: int = 0) -> dg.AssetCheckResult:
+def profile_dates(destination: Any, dates: Sequence[dt.date]) -> dict[str, tuple[int, int, int]]:
+    """date -> (rows, non-NULL ids, distinct ids) for the run's dates: ONE Spark aggregation that
+    the rows, uniqueness and NULL-id checks share."""
     from pyspark.sql import functions as F
 
-    counts = {
-        str(row[0]): int(row[1])
-        for row in _in_dates(destination, dates).groupBy(F.col(POSITION_DATE).cast("string")).count().collect()
-    }
+    rows = (
+        _in_dates(destination, dates)
+        .groupBy(F.col(POSITION_DATE).cast("string"))
+        .agg(F.count(F.lit(1)), F.count("id"), F.countDistinct("id"))
+        .collect()
+    )
+    return {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
+
+def present_dates(destination: Any) -> tuple[set[str], bool]:
+    """(dates present in the whole table, whether a NULL position_date exists): ONE Spark job."""
+    values = [row[0] for row in destination.select(POSITION_DATE).distinct().collect()]
+    return {str(v) for v in values if v is not None}, any(v is None for v in values)
+
+
+def check_rows_match(destination: Any, dates: Sequence[dt.date], expected_rows_per_date: Mapping[str, int],
+                     dropped_rows: int = 0, profile: Mapping[str, tuple[int, int, int]] | None = None) -> dg.AssetCheckResult:
+    profile = profile_dates(destination, dates) if profile is None else profile
+    counts = {day: values[0] for day, values in profile.items()}
     mismatches = {
         day.isoformat(): {"expected": expected_rows_per_date.get(day.isoformat(), 0), "found": counts.get(day.isoformat(), 0)}
         for day in dates
@@ -258,14 +274,18 @@ def check_schema(destination: Any, declared: Mapping[str, str] | None = None) ->
     )
 
 
-def check_unique_keys(destination: Any, dates: Sequence[dt.date]) -> dg.AssetCheckResult:
+def check_unique_keys(destination: Any, dates: Sequence[dt.date],
+                      profile: Mapping[str, tuple[int, int, int]] | None = None) -> dg.AssetCheckResult:
     from pyspark.sql import functions as F
 
-    duplicates = (
-        _in_dates(destination, dates).groupBy(*KEY_COLUMNS).count().where(F.col("count") > 1)
-        .orderBy(*KEY_COLUMNS).limit(20).collect()
-    )
-    sample = [{"position_date": str(r[0]), "id": r[1], "rows": int(r[2])} for r in duplicates]
+    profile = profile_dates(destination, dates) if profile is None else profile
+    sample: list[dict[str, Any]] = []
+    if any(non_null != distinct for _, non_null, distinct in profile.values()):
+        duplicates = (
+            _in_dates(destination, dates).where(F.col("id").isNotNull()).groupBy(*KEY_COLUMNS).count()
+            .where(F.col("count") > 1).orderBy(*KEY_COLUMNS).limit(20).collect()
+        )
+        sample = [{"position_date": str(r[0]), "id": r[1], "rows": int(r[2])} for r in duplicates]
     return dg.AssetCheckResult(
         check_name=CHECK_UNIQUE,
         passed=not sample,
@@ -273,11 +293,15 @@ def check_unique_keys(destination: Any, dates: Sequence[dt.date]) -> dg.AssetChe
     )
 
 
-def check_no_null_keys(destination: Any, dates: Sequence[dt.date]) -> dg.AssetCheckResult:
+def check_no_null_keys(destination: Any, dates: Sequence[dt.date],
+                       profile: Mapping[str, tuple[int, int, int]] | None = None,
+                       present: tuple[set[str], bool] | None = None) -> dg.AssetCheckResult:
     from pyspark.sql import functions as F
 
-    null_dates = destination.where(F.col(POSITION_DATE).isNull()).count()
-    null_ids = _in_dates(destination, dates).where(F.col("id").isNull()).count()
+    profile = profile_dates(destination, dates) if profile is None else profile
+    _, has_null_date = present_dates(destination) if present is None else present
+    null_ids = sum(rows - non_null for rows, non_null, _ in profile.values())
+    null_dates = destination.where(F.col(POSITION_DATE).isNull()).count() if has_null_date else 0
     return dg.AssetCheckResult(
         check_name=CHECK_NULLS,
         passed=null_dates == 0 and null_ids == 0,
@@ -285,14 +309,10 @@ def check_no_null_keys(destination: Any, dates: Sequence[dt.date]) -> dg.AssetCh
     )
 
 
-def check_business_days_complete(destination: Any, business_days: Sequence[str]) -> dg.AssetCheckResult:
+def check_business_days_complete(destination: Any, business_days: Sequence[str],
+                                 present_dates_: tuple[set[str], bool] | None = None) -> dg.AssetCheckResult:
     """``business_days``: every partition key (business day) of the asset, sorted."""
-    from pyspark.sql import functions as F
-
-    present = {
-        str(row[0])
-        for row in destination.where(F.col(POSITION_DATE).isNotNull()).select(POSITION_DATE).distinct().collect()
-    }
+    present = (present_dates(destination) if present_dates_ is None else present_dates_)[0]
     if not present:
         return dg.AssetCheckResult(
             check_name=CHECK_COMPLETE, passed=True, severity=dg.AssetCheckSeverity.WARN,
@@ -324,10 +344,12 @@ def run_destination_checks(
     business_days: Sequence[str],
 ) -> list[dg.AssetCheckResult]:
     """All five checks on the destination table right after the write."""
+    profile = profile_dates(destination, dates)  # two Spark jobs for the five checks
+    present = present_dates(destination)
     return [
-        check_rows_match(destination, dates, outcome.kept_rows_per_date, outcome.dropped),
+        check_rows_match(destination, dates, outcome.kept_rows_per_date, outcome.dropped, profile=profile),
         check_schema(destination),
-        check_unique_keys(destination, dates),
-        check_no_null_keys(destination, dates),
-        check_business_days_complete(destination, business_days),
+        check_unique_keys(destination, dates, profile=profile),
+        check_no_null_keys(destination, dates, profile=profile, present=present),
+        check_business_days_complete(destination, business_days, present),
     ]

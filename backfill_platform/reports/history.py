@@ -257,9 +257,25 @@ def run_url(ui_url: str, run_id: str) -> str:
 
 
 def _targets_destination(run: dg.DagsterRun) -> bool:
-    if run.asset_selection is not None:
+    if run.asset_selection:
         return DESTINATION in run.asset_selection
     return run.job_name == "destination_data_job"
+
+
+def planned_run_ids(instance: dg.DagsterInstance) -> set[str]:
+    """Runs that planned to materialize destination_data (Dagster logs ASSET_MATERIALIZATION_PLANNED
+    for each asset a run targets when the run is created, whatever the job: backfill runs,
+    ``destination_data_job``, ``materialize()``'s ephemeral job, UI launches)."""
+    run_ids: set[str] = set()
+    cursor = None
+    while True:
+        result = instance.fetch_planned_materializations(
+            dg.AssetRecordsFilter(asset_key=DESTINATION), limit=1000, cursor=cursor
+        )
+        run_ids |= {record.run_id for record in result.records}
+        if not result.has_more:
+            return run_ids
+        cursor = result.cursor
 
 
 def run_partition_keys(tags: Mapping[str, str], partitions_def: dg.PartitionsDefinition) -> tuple[str, ...]:
@@ -299,7 +315,9 @@ def _run_events(instance: dg.DagsterInstance, run_id: str) -> tuple[str | None, 
             error = (data.error.message if data and data.error else event.message) or error
         elif event.event_type == dg.DagsterEventType.RUN_FAILURE and error is None:
             error = event.message
-    return (error.strip() if error else None), step_retries
+    if error:
+        error = error.strip().removeprefix("dagster._core.definitions.events.Failure: ")
+    return error or None, step_retries
 
 
 def destination_runs(
@@ -312,10 +330,11 @@ def destination_runs(
 ) -> list[RunAttempt]:
     """Every run of destination_data (that touches ``keys``, if given), oldest first."""
     wanted = set(keys) if keys is not None else None
+    planned = planned_run_ids(instance)
     attempts = []
     for record in instance.get_run_records(filters=RunsFilter(), order_by="create_timestamp", ascending=True):
         run = record.dagster_run
-        if not _targets_destination(run):
+        if run.run_id not in planned and not _targets_destination(run):
             continue
         partition_keys = run_partition_keys(run.tags, partitions_def)
         if not partition_keys or (wanted is not None and not wanted.intersection(partition_keys)):
