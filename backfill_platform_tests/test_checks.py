@@ -4,6 +4,13 @@ failing on crafted data, on the shared local Spark + Delta session; plus one rea
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 
 import dagster as dg
 import pytest
@@ -11,6 +18,10 @@ import pytest
 from backfill_platform import checks
 from backfill_platform.assets import destination_data, source_data
 from backfill_platform.assets.tables_schema import POSITION_COLUMNS
+from backfill_platform.resources import local_resources
+from backfill_platform.settings import Settings
+from backfill_platform.settings import PROJECT_ROOT
+from backfill_platform_tests.conftest import ARTIFACTS, free_port, make_dagster_home, subprocess_env
 
 D1, D2, D3 = dt.date(2024, 7, 1), dt.date(2024, 7, 2), dt.date(2024, 7, 3)
 SCHEMA = ", ".join(f"{n} {t}" for n, t in POSITION_COLUMNS.items())
@@ -103,49 +114,150 @@ def _append_source(spark, tables, rows):
     spark.createDataFrame(rows, SCHEMA).write.format("delta").mode("append").save(tables.source.path)
 
 
-def test_checks_run_with_every_materialization_and_bad_rows_write_nothing(resources, spark, instance):
+@pytest.fixture(scope="module")
+def checks_home(tmp_path_factory, spark):
+    """A DAGSTER_HOME with real materializations of destination_data (the UI test reads it too)."""
+    root = tmp_path_factory.mktemp("checks")
+    settings = Settings(data_dir=root / "data")
+    home = make_dagster_home(root / "dagster_home")
+    resources = local_resources(settings)
     tables = resources["tables"]
-    seeded = dg.materialize(
-        [source_data], resources=resources, instance=instance,
-        run_config={"ops": {"source_data": {"config": {"first_day": "2024-07-01", "last_day": "2024-07-09", "rows_per_date": 4}}}},
-    )
-    assert seeded.success
-    # a value out of range on 07-02 (dropped) and a NULL id on 07-08 (fails its partition)
+    # the source: 4 rows per weekday 07-01..07-09, plus a value out of range on 07-02 (dropped by
+    # value_in_range) and a NULL id on 07-08 (id_not_null fails that partition)
+    weekdays = [dt.date(2024, 7, d) for d in range(1, 10) if dt.date(2024, 7, d).weekday() < 5]
+    _append_source(spark, tables, [row for day in weekdays for row in good_rows(day, 4)])
     _append_source(spark, tables, [(D2, 99, 500.0, "A"), (dt.date(2024, 7, 8), None, 1.0, "A")])
+    runs = {}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        def materialize(**kwargs):
+            return dg.materialize(
+                [destination_data, source_data], selection=[destination_data], resources=resources,
+                instance=instance, raise_on_error=False, **kwargs,
+            )
 
-    result = dg.materialize(
-        [destination_data, source_data], selection=[destination_data], resources=resources, instance=instance,
-        tags={"dagster/asset_partition_range_start": "2024-07-01", "dagster/asset_partition_range_end": "2024-07-03"},
-    )
+        runs["range"] = materialize(
+            tags={"dagster/asset_partition_range_start": "2024-07-01", "dagster/asset_partition_range_end": "2024-07-03"}
+        )
+        runs["rows_after_range"] = tables.destination.read(spark).count()
+        runs["version_before_bad"] = tables.destination.latest_version(spark)
+        runs["bad"] = materialize(partition_key="2024-07-08")
+        runs["version_after_bad"] = tables.destination.latest_version(spark)
+        runs["gap"] = materialize(partition_key="2024-07-09")
+        yield settings, home, instance, runs
+
+
+def test_checks_run_with_every_materialization_and_bad_rows_write_nothing(checks_home):
+    _, _, instance, runs = checks_home
+    result = runs["range"]
     assert result.success
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(evaluations) == {checks.CHECK_ROWS, checks.CHECK_SCHEMA, checks.CHECK_UNIQUE, checks.CHECK_NULLS, checks.CHECK_COMPLETE}
     assert all(e.passed for e in evaluations.values()), {k: e.metadata for k, e in evaluations.items()}
     assert evaluations[checks.CHECK_ROWS].metadata["rows_dropped_by_expectations"].value == 1
-    assert tables.destination.read(spark).count() == 12  # 3 dates x 4 rows; the 500.0 row dropped
+    assert evaluations[checks.CHECK_ROWS].metadata["rows_found"].value == 12
+    assert runs["rows_after_range"] == 12  # 3 dates x 4 rows; the 500.0 row dropped
     # the checks are stored in the instance, where the UI reads them
-    record = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-        [dg.AssetCheckKey(dg.AssetKey("destination_data"), checks.CHECK_ROWS)]
-    )
-    assert record[dg.AssetCheckKey(dg.AssetKey("destination_data"), checks.CHECK_ROWS)].status.value == "SUCCEEDED"
+    key = dg.AssetCheckKey(dg.AssetKey("destination_data"), checks.CHECK_ROWS)
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])
+    assert record[key].status.value == "SUCCEEDED"
 
-    version = tables.destination.latest_version(spark)
-    failed = dg.materialize(
-        [destination_data, source_data], selection=[destination_data], resources=resources, instance=instance,
-        partition_key="2024-07-08", raise_on_error=False,
-    )
+    failed = runs["bad"]
     assert not failed.success
     failure = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"][0]
     assert "id_not_null (1 row(s))" in failure.step_failure_data.error.message
     assert failure.step_failure_data.user_failure_data.metadata["expectations"].value["id_not_null"] == {"policy": "fail", "violations": 1}
-    assert tables.destination.latest_version(spark) == version  # nothing written
+    assert runs["version_after_bad"] == runs["version_before_bad"]  # nothing written
+    assert [e.event_type_value for e in failed.all_events].count("STEP_UP_FOR_RETRY") == 0  # not retried
 
     # a gap (07-05 missing between 07-03 and 07-09) makes the completeness check warn, not fail the run
-    gap = dg.materialize(
-        [destination_data, source_data], selection=[destination_data], resources=resources, instance=instance,
-        partition_key="2024-07-09",
-    )
+    gap = runs["gap"]
     assert gap.success
     complete = {e.check_name: e for e in gap.get_asset_check_evaluations()}[checks.CHECK_COMPLETE]
     assert not complete.passed and complete.severity == dg.AssetCheckSeverity.WARN
     assert complete.metadata["missing_dates"].value == ["2024-07-05", "2024-07-08"]
+
+
+# ------------------------------------------------------------------------------------------ UI
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@contextmanager
+def webserver(home, settings):
+    """dagster-webserver for ``home`` on 127.0.0.1:<free port>, stopped (process group) on exit."""
+    port = free_port()
+    log = open(home / "webserver.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port),
+         "-w", str(PROJECT_ROOT / "workspace.yaml")],
+        cwd=PROJECT_ROOT, env=subprocess_env(settings, home), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                    break
+            except OSError:
+                assert process.poll() is None, (home / "webserver.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "webserver did not answer in 180 s"
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def test_ui_shows_partition_health_and_check_results(checks_home, tmp_path):
+    """Runs after the materialization test (same module): 07-01..07-03 and 07-09 materialized, 07-08
+    failed, the completeness check failed (warning), the other checks passed."""
+    assert os.path.exists(CHROMIUM), (
+        "Debian's chromium is needed for the UI test: apt-get install -y chromium (.ci/run does it)"
+    )
+    from playwright.sync_api import expect, sync_playwright
+
+    settings, home, _, _ = checks_home
+    expect.set_options(timeout=90_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with webserver(home, settings) as base, sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_FLAGS[1:],
+            headless=True,
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(90_000)
+            page.goto(f"{base}/assets/destination_data?view=partitions")
+            skip = page.get_by_role("button", name="Skip")  # the first-visit community dialog
+            try:
+                skip.click(timeout=15_000)
+            except Exception:
+                pass
+            # partition health: the status filters carry the counts of each state
+            expect(page.get_by_text("Materialized (4)")).to_be_visible()
+            expect(page.get_by_text("Failed (1)")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "ui_destination_data_partitions.png"))
+
+            page.goto(f"{base}/assets/destination_data?view=checks")
+            expect(page.get_by_text("Checks (5)")).to_be_visible()
+            for name in (checks.CHECK_ROWS, checks.CHECK_SCHEMA, checks.CHECK_UNIQUE, checks.CHECK_NULLS):
+                expect(page.get_by_text(name).first).to_be_visible()
+            expect(page.get_by_text("Succeeded").first).to_be_visible()  # the four passing checks
+            # the first check is selected: completeness, failed (warning) with its description
+            expect(page.get_by_text("2 business day(s) missing between 2024-07-01 and 2024-07-09")).to_be_visible()
+            assert page.get_by_text("Succeeded", exact=True).count() == 4
+            assert page.get_by_text("Failed", exact=True).count() >= 1
+            page.screenshot(path=str(ARTIFACTS / "ui_destination_data_checks.png"))
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "ui_destination_data_checks.png").stat().st_size > 10_000

@@ -61,6 +61,7 @@ def draw_heatmap(history: History, path: Path) -> Path:
             ax.text(column + 0.45, 6 - row + 0.45, "x", ha="center", va="center", fontsize=7, color="white")
     ax.set_xlim(-0.2, max(weeks, 1) + 0.1)
     ax.set_ylim(-0.2, 7.1)
+    ax.set_aspect("equal", anchor="C")  # square cells whatever the range
     ax.set_yticks([6.45 - i for i in range(7)], ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"], fontsize=7)
     months, labels = [], []
     for day in history.days:
