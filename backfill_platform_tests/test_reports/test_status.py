@@ -264,3 +264,30 @@ def test_empty_instance_status_says_so(tmp_path, capsys):
     assert "no destination_data run in this instance yet" in err and "backfill-platform backfill --from" in err
     code, out, err = run_cli({"DAGSTER_HOME": str(home), "BACKFILL_DATA_DIR": str(tmp_path / "data")}, ["plan", *RANGE], capsys)
     assert code == 0 and "no estimate: no successful destination_data run in this instance yet" in out
+
+
+def test_asset_backfill_carries_tags_and_run_config_and_its_days_are_in_flight(tmp_path, capsys):
+    """The default (non-chunked) backfill stores tags and run config on the asset backfill, and the
+    run config is valid for the job (the launchpad's schema); until the daemon picks the backfill
+    up, plan shows its days as in flight."""
+    from backfill_platform import backfills
+    from backfill_platform.assets.destination_config import destination_run_config
+    from backfill_platform.definitions import defs
+
+    run_config = destination_run_config(full_refresh=True, expectation_policies={"value_in_range": "fail"})
+    assert dg.validate_run_config(defs.resolve_job_def("destination_data_job"), run_config)
+    home = make_dagster_home(tmp_path / "home")
+    env = {"DAGSTER_HOME": str(home), "BACKFILL_DATA_DIR": str(tmp_path / "data")}
+    with environment(**env), dg.DagsterInstance.from_config(str(home)) as instance:
+        backfill_id = backfills.launch_destination_backfill(
+            instance, defs, ["2024-07-01", "2024-07-02"], tags={"team": "risk"}, run_config=run_config
+        )
+        stored = instance.get_backfill(backfill_id)
+        assert stored.tags == {"team": "risk"} and stored.run_config == run_config
+    code, out, _ = run_cli(env, ["plan", "--from", "2024-07-01", "--to", "2024-07-03", "--format", "json"], capsys)
+    actions = {d["date"]: (d["state"], d["action"]) for d in json.loads(out)["days"]}
+    assert actions == {
+        "2024-07-01": ("in flight", "skip: in flight"),
+        "2024-07-02": ("in flight", "skip: in flight"),
+        "2024-07-03": ("missing", "materialize"),
+    }
