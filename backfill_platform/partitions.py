@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+from dagster._core.errors import DagsterUnknownPartitionError
 
 from backfill_platform.settings import Settings, SettingsError, load_settings
 
@@ -95,6 +96,26 @@ def _import_holiday_calendar(path: str) -> type:
     return calendar_class
 
 
+class BusinessDayPartitionsDefinition(dg.DailyPartitionsDefinition):
+    """Dagster's daily partitions with exclusions, whose 'unknown partition' error says why.
+
+    Dagster rejects a holiday with "Could not find a partition with key `2024-07-04`"; this says
+    "2024-07-04 (Thursday): holiday: Independence Day: not a business day, ..." instead.
+    """
+
+    def validate_partition_key(self, partition_key: str, context) -> None:
+        try:
+            super().validate_partition_key(partition_key, context)
+        except DagsterUnknownPartitionError as error:
+            try:
+                parse_partition_date(partition_key, partitions_def=self)
+            except InvalidPartitionDateError as reason:
+                raise DagsterUnknownPartitionError(
+                    f"Could not find a partition with key `{partition_key}`: {reason}"
+                ) from None
+            raise error
+
+
 def build_business_day_partitions(
     settings: Settings, calendar: BusinessCalendar
 ) -> dg.DailyPartitionsDefinition:
@@ -105,7 +126,7 @@ def build_business_day_partitions(
         for day in calendar.weekday_holidays()
         if day >= settings.start_date
     ]
-    return dg.DailyPartitionsDefinition(
+    return BusinessDayPartitionsDefinition(
         start_date=settings.start_date.isoformat(),
         timezone=TIMEZONE,
         fmt="%Y-%m-%d",

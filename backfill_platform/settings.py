@@ -15,9 +15,10 @@ Nothing else in the package reads ``os.environ`` for configuration: modules take
 | ``BACKFILL_START_DATE`` | ``2024-01-01`` | first day of the partitions |
 | ``BACKFILL_HOLIDAY_CALENDAR`` | ``pandas.tseries.holiday:USFederalHolidayCalendar`` | pandas holiday calendar class |
 | ``BACKFILL_EXTRA_CLOSURES`` | (none) | extra closed days: ``2025-01-09=National Day of Mourning,...`` |
-| ``BACKFILL_MAX_PARTITIONS_PER_RUN`` | ``60`` | business days one backfill run processes at most |
+| ``BACKFILL_MAX_PARTITIONS_PER_RUN`` | ``60`` | business days one backfill run processes at most; ``all``: one run per backfill (``BackfillPolicy.single_run()``, which ``dagster asset materialize --partition-range`` requires) |
 | ``BACKFILL_SPARK_MASTER`` | ``local[2]`` | Spark master of the local deployment |
 | ``BACKFILL_SPARK_JARS`` | (none) | local Delta jars instead of resolving them from Maven Central |
+| ``BACKFILL_SPARK_CONF`` | (none) | extra Spark settings for the local session: ``key=value;key=value`` |
 | ``BACKFILL_JAR_CACHE`` | ``~/.cache/backfill_platform/jars`` | where Delta's jars are cached after the first start |
 | ``BACKFILL_LOG_TABLE`` | ``backfill_log`` | table ``status --export-log`` writes the run history to |
 | ``BACKFILL_UI_URL`` | ``http://127.0.0.1:3000`` | base URL of the Dagster UI, for run links in reports |
@@ -53,7 +54,7 @@ def _parse_positive_int(name: str, value: str) -> int:
     except ValueError:
         number = 0
     if number < 1:
-        raise SettingsError(f"{name}={value!r} must be a whole number of at least 1.")
+        raise SettingsError(f"{name}={value!r} must be a whole number of at least 1 (or 'all').")
     return number
 
 
@@ -64,6 +65,16 @@ def _parse_closures(name: str, value: str) -> dict[dt.date, str]:
         day, _, reason = item.partition("=")
         closures[_parse_date(name, day)] = reason.strip() or "extra closure"
     return closures
+
+
+def _parse_spark_conf(name: str, value: str) -> dict[str, str]:
+    conf = {}
+    for item in filter(None, (part.strip() for part in value.split(";"))):
+        key, sep, setting = item.partition("=")
+        if not sep or not key.strip().startswith("spark."):
+            raise SettingsError(f"{name}: {item!r} is not of the form spark.some.key=value.")
+        conf[key.strip()] = setting.strip()
+    return conf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +89,22 @@ class Settings:
     start_date: dt.date = dt.date(2024, 1, 1)
     holiday_calendar: str = "pandas.tseries.holiday:USFederalHolidayCalendar"
     extra_closures: Mapping[dt.date, str] = dataclasses.field(default_factory=dict)
-    max_partitions_per_run: int = 60
+    max_partitions_per_run: int | None = 60  # None: single run
     spark_master: str = "local[2]"
     spark_jars: str = ""
+    spark_conf: Mapping[str, str] = dataclasses.field(default_factory=dict)
     jar_cache_dir: Path = Path.home() / ".cache" / "backfill_platform" / "jars"
     log_table: str = "backfill_log"
     ui_url: str = "http://127.0.0.1:3000"
+
+    @property
+    def backfill_policy(self):
+        """Chunks of ``max_partitions_per_run`` business days per run, or one run for all."""
+        import dagster as dg
+
+        if self.max_partitions_per_run is None:
+            return dg.BackfillPolicy.single_run()
+        return dg.BackfillPolicy.multi_run(self.max_partitions_per_run)
 
     def __post_init__(self) -> None:
         if self.deployment not in DEPLOYMENTS:
@@ -118,6 +139,8 @@ class Settings:
                 values[field] = value.lower() if field == "deployment" else value
         if (value := get("BACKFILL_DATA_DIR")) is not None:
             values["data_dir"] = Path(value).expanduser().resolve()
+        if (value := get("BACKFILL_SPARK_CONF")) is not None:
+            values["spark_conf"] = _parse_spark_conf("BACKFILL_SPARK_CONF", value)
         if (value := get("BACKFILL_JAR_CACHE")) is not None:
             values["jar_cache_dir"] = Path(value).expanduser().resolve()
         if (value := get("BACKFILL_START_DATE")) is not None:
@@ -125,8 +148,10 @@ class Settings:
         if (value := get("BACKFILL_EXTRA_CLOSURES")) is not None:
             values["extra_closures"] = _parse_closures("BACKFILL_EXTRA_CLOSURES", value)
         if (value := get("BACKFILL_MAX_PARTITIONS_PER_RUN")) is not None:
-            values["max_partitions_per_run"] = _parse_positive_int(
-                "BACKFILL_MAX_PARTITIONS_PER_RUN", value
+            values["max_partitions_per_run"] = (
+                None
+                if value.lower() == "all"
+                else _parse_positive_int("BACKFILL_MAX_PARTITIONS_PER_RUN", value)
             )
         return cls(**values)  # type: ignore[arg-type]
 

@@ -22,7 +22,7 @@ from backfill_platform.settings import load_settings
 
 @dg.asset(
     partitions_def=business_day_partitions,
-    backfill_policy=dg.BackfillPolicy.multi_run(load_settings().max_partitions_per_run),
+    backfill_policy=load_settings().backfill_policy,
     deps=[source_data],
     required_resource_keys={STEP_LAUNCHER_KEY, "pyspark", "tables"},
     kinds={"spark", "delta"},

@@ -64,6 +64,7 @@ def local_spark_config(settings: Settings) -> dict[str, str]:
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",
     }
     config.update(delta_jars_config(settings))
+    config.update(settings.spark_conf)
     return config
 
 

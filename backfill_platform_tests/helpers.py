@@ -1,0 +1,55 @@
+"""Small helpers shared by tests: materialize through a real (test) Dagster instance and read
+the Delta tables back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dagster as dg
+
+from backfill_platform.assets import business_calendar, destination_data, source_data
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+
+def seed_source(resources, instance=None, **source_config) -> dg.ExecuteInJobResult:
+    config = {"ops": {"source_data": {"config": source_config}}} if source_config else None
+    result = dg.materialize([source_data], resources=resources, instance=instance, run_config=config)
+    assert result.success
+    return result
+
+
+def materialize_destination(resources, first: str, last: str | None = None, instance=None, raise_on_error=True):
+    """One run of destination_data over the partition range [first, last] (a single key if no last)."""
+    tags = {RANGE_START: first, RANGE_END: last or first}
+    return dg.materialize(
+        [destination_data],
+        resources=resources,
+        instance=instance,
+        tags=tags,
+        raise_on_error=raise_on_error,
+    )
+
+
+def rows_per_date(spark, location) -> dict[str, int]:
+    frame = location.read(spark)
+    return {str(row[0]): int(row[1]) for row in frame.groupBy("position_date").count().collect()}
+
+
+def table_rows(spark, location) -> list[tuple]:
+    return sorted(tuple(row) for row in location.read(spark).collect())
+
+
+def delta_version(spark, location) -> int | None:
+    return location.latest_version(spark) if location.exists(spark) else None
+
+
+__all__: Sequence[str] = [
+    "business_calendar",
+    "delta_version",
+    "materialize_destination",
+    "rows_per_date",
+    "seed_source",
+    "table_rows",
+]
