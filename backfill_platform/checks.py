@@ -61,8 +61,8 @@ DESTINATION_EXPECTATIONS: tuple[Expectation, ...] = (
     Expectation("position_date_not_null", "position_date IS NOT NULL", "fail", "every row has a business date"),
     Expectation("id_not_null", "id IS NOT NULL", "fail", "every row has an id (part of the key)"),
     Expectation("id_non_negative", "id >= 0", "fail", "ids are 0..N-1"),
-    Expectation("value_in_range", "value BETWEEN 0 AND 100", "drop", "value is a percentage 0-100"),
-    Expectation("category_known", "category IN ('A', 'B', 'C')", "warn", "category is A, B or C"),
+    Expectation("value_in_range", "value BETWEEN 0 AND 100", "warn", "value is a percentage 0-100"),
+    Expectation("category_known", "category IN ('A', 'B', 'C')", "drop", "category is A, B or C"),
 )
 
 

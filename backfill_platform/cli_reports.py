@@ -150,7 +150,8 @@ def build_plan(instance, settings, partitions_def, calendar, first, last, args):
         history,
         partitions_def.get_partition_keys(),
         reprocess=args.reprocess,
-        chunk_size=args.chunk_size or settings.max_partitions_per_run,
+        # BACKFILL_MAX_PARTITIONS_PER_RUN=all (single-run policy): one run per consecutive span
+        chunk_size=args.chunk_size or settings.max_partitions_per_run or len(partitions_def.get_partition_keys()),
         newest_first=args.newest_first,
         past_runs=destination_runs(instance, partitions_def, with_events=False),
         concurrency=concurrency,

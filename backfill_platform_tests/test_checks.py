@@ -52,12 +52,12 @@ def test_expectations_pass_warn_drop_and_fail(spark):
     assert outcome.dropped == 0 and outcome.rows.count() == 6
 
     dirty = frame(spark, good_rows(D1) + [(D1, 7, 250.0, "A"), (D1, 8, None, "Z"), (D2, 9, 5.0, "Q")])
-    outcome = checks.enforce_expectations(Ctx(), dirty)  # drop value_in_range, warn category_known
-    assert outcome.violations["value_in_range"] == 2  # 250 and NULL
-    assert outcome.violations["category_known"] == 2  # Z and Q: warned, kept
+    outcome = checks.enforce_expectations(Ctx(), dirty)  # warn value_in_range, drop category_known
+    assert outcome.violations["value_in_range"] == 2  # 250 and NULL: warned, kept
+    assert outcome.violations["category_known"] == 2  # Z and Q: dropped
     assert outcome.dropped == 2
-    assert outcome.kept_rows_per_date == {"2024-07-01": 3, "2024-07-02": 1}
-    assert sorted(r.id for r in outcome.rows.collect()) == [0, 1, 2, 9]
+    assert outcome.kept_rows_per_date == {"2024-07-01": 4, "2024-07-02": 0}
+    assert sorted(r.id for r in outcome.rows.collect()) == [0, 1, 2, 7]
 
     bad_key = frame(spark, good_rows(D1) + [(D1, None, 1.0, "A"), (D1, -1, 1.0, "A")])
     with pytest.raises(dg.Failure) as failure:
@@ -66,9 +66,10 @@ def test_expectations_pass_warn_drop_and_fail(spark):
     assert "id_not_null (1 row(s))" in failure.value.description
     assert "id_non_negative (2 row(s))" in failure.value.description  # -1, and NULL (NULL violates)
 
-    # per-run overrides: value_in_range becomes fail; unknown names are refused
+    # per-run overrides: value_in_range becomes fail, category_known warn; unknown names are refused
     with pytest.raises(dg.Failure, match="value_in_range"):
         checks.enforce_expectations(Ctx(), dirty, {"value_in_range": "fail"})
+    assert checks.enforce_expectations(Ctx(), dirty, {"category_known": "warn"}).dropped == 0
     with pytest.raises(dg.Failure, match="unknown expectation"):
         checks.enforce_expectations(Ctx(), clean, {"no_such_rule": "warn"})
     with pytest.raises(dg.Failure, match="must be one of"):
@@ -122,11 +123,11 @@ def checks_home(tmp_path_factory, spark):
     home = make_dagster_home(root / "dagster_home")
     resources = local_resources(settings)
     tables = resources["tables"]
-    # the source: 4 rows per weekday 07-01..07-09, plus a value out of range on 07-02 (dropped by
-    # value_in_range) and a NULL id on 07-08 (id_not_null fails that partition)
+    # the source: 4 rows per weekday 07-01..07-09, plus an unknown category on 07-02 (dropped by
+    # category_known) and a NULL id on 07-08 (id_not_null fails that partition)
     weekdays = [dt.date(2024, 7, d) for d in range(1, 10) if dt.date(2024, 7, d).weekday() < 5]
     _append_source(spark, tables, [row for day in weekdays for row in good_rows(day, 4)])
-    _append_source(spark, tables, [(D2, 99, 500.0, "A"), (dt.date(2024, 7, 8), None, 1.0, "A")])
+    _append_source(spark, tables, [(D2, 99, 5.0, "Z"), (dt.date(2024, 7, 8), None, 1.0, "A")])
     runs = {}
     with dg.DagsterInstance.from_config(str(home)) as instance:
         def materialize(**kwargs):
@@ -155,7 +156,7 @@ def test_checks_run_with_every_materialization_and_bad_rows_write_nothing(checks
     assert all(e.passed for e in evaluations.values()), {k: e.metadata for k, e in evaluations.items()}
     assert evaluations[checks.CHECK_ROWS].metadata["rows_dropped_by_expectations"].value == 1
     assert evaluations[checks.CHECK_ROWS].metadata["rows_found"].value == 12
-    assert runs["rows_after_range"] == 12  # 3 dates x 4 rows; the 500.0 row dropped
+    assert runs["rows_after_range"] == 12  # 3 dates x 4 rows; the category 'Z' row dropped
     # the checks are stored in the instance, where the UI reads them
     key = dg.AssetCheckKey(dg.AssetKey("destination_data"), checks.CHECK_ROWS)
     record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])
