@@ -48,7 +48,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from backfill_platform import backfills, cli_reports
     from backfill_platform.definitions import defs
 
-    settings_table = defs.resources["tables"]
+    tables = defs.resources["tables"]
     instance = dg.DagsterInstance.get()
     # --reprocess / --chunk-size / --newest-first / --max-concurrent / --tags / run config (cli_reports.py)
     run_tags = cli_reports.parse_tags(args.tags)
@@ -108,7 +108,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     _say(f"  rows written:         {backfills.rows_written(instance, backfill_id)}")
     _say(f"  runs:                 {len(backfills.backfill_runs(instance, backfill_id))}")
     _say(f"  wall time:            {wall:.1f} s")
-    _say(f"  table:                {settings_table.destination}")
+    _say(f"  table:                {tables.destination}")
     if failed or progress.status != "COMPLETED_SUCCESS":
         _say("Some partitions did not land: see the failed runs in the UI (dagster dev) for their errors.")
         return EXIT_FAILED

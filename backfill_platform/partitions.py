@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import importlib
 import re
 from collections.abc import Mapping, Sequence
@@ -134,12 +133,7 @@ def build_business_day_partitions(
     )
 
 
-@functools.lru_cache(maxsize=1)
-def default_business_calendar() -> BusinessCalendar:
-    return BusinessCalendar.from_settings(load_settings())
-
-
-business_calendar_days = default_business_calendar()
+business_calendar_days = BusinessCalendar.from_settings(load_settings())
 business_day_partitions = build_business_day_partitions(load_settings(), business_calendar_days)
 
 
