@@ -22,6 +22,28 @@ Nothing else in the package reads ``os.environ`` for configuration: modules take
 | ``BACKFILL_JAR_CACHE`` | ``~/.cache/backfill_platform/jars`` | where Delta's jars are cached after the first start |
 | ``BACKFILL_LOG_TABLE`` | ``backfill_log`` | table ``status --export-log`` writes the run history to |
 | ``BACKFILL_UI_URL`` | ``http://127.0.0.1:3000`` | base URL of the Dagster UI, for run links in reports |
+
+Databricks deployment (read here, checked when the step launcher starts, see ``resources/databricks.py``
+and ``docs/databricks.md``). Secrets are never stored in :class:`Settings`: the token and the OAuth
+client secret are read with ``dagster.EnvVar`` when the launcher starts.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| ``BACKFILL_DATABRICKS_HOST`` | (none) | workspace URL, e.g. ``https://adb-123.4.azuredatabricks.net`` |
+| ``BACKFILL_DATABRICKS_TOKEN`` | (none) | personal access token (secret) |
+| ``BACKFILL_DATABRICKS_CLIENT_ID`` | (none) | OAuth service principal client id (instead of a token) |
+| ``BACKFILL_DATABRICKS_CLIENT_SECRET`` | (none) | OAuth service principal secret (secret) |
+| ``BACKFILL_DATABRICKS_CLUSTER_ID`` | (none) | run on this existing (shared) cluster ... |
+| ``BACKFILL_DATABRICKS_SPARK_VERSION`` | (none) | ... or on a new job cluster per step: runtime, e.g. ``15.4.x-scala2.12`` |
+| ``BACKFILL_DATABRICKS_NODE_TYPE`` | (none) | new job cluster: node type, e.g. ``i3.xlarge`` |
+| ``BACKFILL_DATABRICKS_NUM_WORKERS`` | (none) | new job cluster: fixed number of workers ... |
+| ``BACKFILL_DATABRICKS_AUTOSCALE`` | (none) | ... or autoscaling ``MIN-MAX`` workers, e.g. ``2-8`` |
+| ``BACKFILL_DATABRICKS_LIBRARIES`` | (none) | extra libraries, comma-separated: ``pypi:pkg==1.0``, ``whl:dbfs:/x.whl``, ``jar:dbfs:/x.jar`` |
+| ``BACKFILL_DATABRICKS_STAGING_PREFIX`` | ``/dagster_staging/backfill_platform`` | DBFS folder for the launcher's uploads |
+| ``BACKFILL_DATABRICKS_POLL_INTERVAL_S`` | ``5`` | how often the launcher polls ``runs/get`` |
+| ``BACKFILL_DATABRICKS_MAX_WAIT_S`` | ``3600`` | longest a step may take on Databricks (``timeout_seconds`` too) |
+| ``BACKFILL_DATABRICKS_VIEWER_GROUPS`` | (none) | groups granted CAN_VIEW on each submitted run, comma-separated |
+| ``BACKFILL_DATABRICKS_TABLE_PATH_ROOT`` | (none) | set by the emulator's cluster only: Delta paths instead of Unity Catalog names |
 """
 
 from __future__ import annotations
@@ -96,6 +118,21 @@ class Settings:
     jar_cache_dir: Path = Path.home() / ".cache" / "backfill_platform" / "jars"
     log_table: str = "backfill_log"
     ui_url: str = "http://127.0.0.1:3000"
+    # Databricks deployment: raw values, validated by ``resources.databricks.launcher_config`` when the launcher starts
+    # (never when definitions load). No secrets here.
+    databricks_host: str = ""
+    databricks_client_id: str = ""
+    databricks_cluster_id: str = ""
+    databricks_spark_version: str = ""
+    databricks_node_type: str = ""
+    databricks_num_workers: str = ""
+    databricks_autoscale: str = ""
+    databricks_libraries: str = ""
+    databricks_staging_prefix: str = "/dagster_staging/backfill_platform"
+    databricks_poll_interval_s: str = "5"
+    databricks_max_wait_s: str = "3600"
+    databricks_table_path_root: str = ""
+    databricks_viewer_groups: str = ""
 
     @property
     def backfill_policy(self):
@@ -133,6 +170,7 @@ class Settings:
             "BACKFILL_SPARK_JARS": "spark_jars",
             "BACKFILL_LOG_TABLE": "log_table",
             "BACKFILL_UI_URL": "ui_url",
+            **{f"BACKFILL_{name.upper()}": name for name in DATABRICKS_FIELDS},
         }
         for var, field in plain.items():
             if (value := get(var)) is not None:
@@ -154,6 +192,61 @@ class Settings:
                 else _parse_positive_int("BACKFILL_MAX_PARTITIONS_PER_RUN", value)
             )
         return cls(**values)  # type: ignore[arg-type]
+
+
+DATABRICKS_FIELDS = (
+    "databricks_host",
+    "databricks_client_id",
+    "databricks_cluster_id",
+    "databricks_spark_version",
+    "databricks_node_type",
+    "databricks_num_workers",
+    "databricks_autoscale",
+    "databricks_libraries",
+    "databricks_staging_prefix",
+    "databricks_poll_interval_s",
+    "databricks_max_wait_s",
+    "databricks_table_path_root",
+    "databricks_viewer_groups",
+)
+DATABRICKS_TOKEN_VAR = "BACKFILL_DATABRICKS_TOKEN"
+DATABRICKS_CLIENT_SECRET_VAR = "BACKFILL_DATABRICKS_CLIENT_SECRET"
+DATABRICKS_SECRET_VARS = (DATABRICKS_TOKEN_VAR, DATABRICKS_CLIENT_SECRET_VAR)
+
+# Settings of the assets themselves, which the step on the cluster must see exactly as the launching
+# process does (the launcher ships them as the run's environment variables; no secrets, no local paths).
+REMOTE_SETTING_VARS = (
+    "BACKFILL_DEPLOYMENT",
+    "BACKFILL_CATALOG",
+    "BACKFILL_SCHEMA",
+    "BACKFILL_SOURCE_TABLE",
+    "BACKFILL_DESTINATION_TABLE",
+    "BACKFILL_CALENDAR_TABLE",
+    "BACKFILL_START_DATE",
+    "BACKFILL_HOLIDAY_CALENDAR",
+    "BACKFILL_EXTRA_CLOSURES",
+    "BACKFILL_MAX_PARTITIONS_PER_RUN",
+)
+
+
+def remote_environment(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The non-secret settings the step on the cluster needs, as environment variables."""
+    env = os.environ if environ is None else environ
+    values = {name: env[name] for name in REMOTE_SETTING_VARS if env.get(name)}
+    values["BACKFILL_DEPLOYMENT"] = settings.deployment
+    return values
+
+
+def secret_is_set(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a secret variable is set, without ever returning its value."""
+    env = os.environ if environ is None else environ
+    return bool((env.get(name) or "").strip())
+
+
+def on_databricks_cluster(environ: Mapping[str, str] | None = None) -> bool:
+    """True inside a Databricks runtime (the runtime, and the project's emulator, set this)."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("DATABRICKS_RUNTIME_VERSION"))
 
 
 def load_settings() -> Settings:

@@ -1,0 +1,1 @@
+"""Development tools: the Databricks workspace emulator."""

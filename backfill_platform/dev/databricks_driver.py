@@ -1,0 +1,167 @@
+"""The driver of the emulated Databricks cluster: ``python databricks_driver.py FILE [PARAMS...]``.
+
+Started by ``databricks_emulator.py`` for each ``spark_python_task``. Like the Databricks runtime it
+gives the task the cluster's Spark session (local Spark + Delta here: on an existing cluster it
+attaches to the cluster's long-lived driver JVM, started once with ``--cluster STATE_FILE``; on a new
+job cluster it starts its own), defines the ``spark``, ``sc`` and
+``dbutils`` globals and runs FILE as ``__main__`` with PARAMS as ``sys.argv[1:]`` (the emulator has
+already mapped ``/dbfs/...`` parameters to its storage). It deliberately imports nothing from
+``backfill_platform``: the step gets the project's code from the launcher's zip, as on a real cluster.
+"""
+
+import json
+import os
+import runpy
+import shutil
+import sys
+from pathlib import Path
+
+DBFS_ROOT = Path(os.environ["EMULATOR_DBFS_ROOT"])
+SECRETS_DIR = Path(os.environ.get("EMULATOR_SECRETS_DIR", "/nonexistent"))
+
+
+def _local(path: str) -> Path:
+    if path.startswith("dbfs:"):
+        path = path[len("dbfs:"):]
+    if path.startswith("/dbfs/"):
+        path = path[len("/dbfs"):]
+    if not path.startswith("/") or ".." in Path(path).parts:
+        raise ValueError(f"not an absolute DBFS path: {path}")
+    return DBFS_ROOT / path.lstrip("/")
+
+
+class _FileInfo(tuple):
+    def __new__(cls, path, name, size):
+        self = super().__new__(cls, (path, name, size))
+        self.path, self.name, self.size = path, name, size
+        return self
+
+
+class _Fs:
+    """The part of ``dbutils.fs`` a step needs, on the emulator's DBFS storage."""
+
+    def ls(self, path):
+        local = _local(path)
+        children = [local] if local.is_file() else sorted(local.iterdir())
+        return [
+            _FileInfo(f"dbfs:/{c.relative_to(DBFS_ROOT)}" + ("/" if c.is_dir() else ""), c.name, c.stat().st_size)
+            for c in children
+        ]
+
+    def mkdirs(self, path):
+        _local(path).mkdir(parents=True, exist_ok=True)
+        return True
+
+    def put(self, path, contents, overwrite=False):
+        local = _local(path)
+        if local.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists (overwrite=False)")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(contents)
+        return True
+
+    def head(self, path, max_bytes=65536):
+        return _local(path).read_bytes()[:max_bytes].decode(errors="replace")
+
+    def rm(self, path, recurse=False):
+        local = _local(path)
+        if local.is_dir():
+            if not recurse and any(local.iterdir()):
+                raise OSError(f"{path} is a non-empty directory (recurse=False)")
+            shutil.rmtree(local)
+        elif local.exists():
+            local.unlink()
+        return True
+
+    def cp(self, source, target, recurse=False):
+        src, dst = _local(source), _local(target)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+        return True
+
+
+class _Secrets:
+    """``dbutils.secrets.get``: secrets the emulator stores as ``<secrets>/<scope>/<key>`` files."""
+
+    def get(self, scope, key):
+        path = SECRETS_DIR / scope / key
+        if not path.is_file():
+            raise KeyError(f"Secret does not exist with scope: {scope} and key: {key}")
+        return path.read_text()
+
+
+class _Widgets:
+    def get(self, name):
+        raise KeyError(f"No input widget named {name} is defined (spark_python_task has none)")
+
+
+class DBUtils:
+    def __init__(self):
+        self.fs, self.secrets, self.widgets = _Fs(), _Secrets(), _Widgets()
+
+
+def _attach_to_cluster():
+    """A Python process on an already running cluster: attach to its JVM (as a Databricks task on a
+    shared cluster gets its own Python process next to the cluster's one driver JVM)."""
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_GATEWAY_PORT"] = os.environ["EMULATOR_GATEWAY_PORT"]
+    os.environ["PYSPARK_GATEWAY_SECRET"] = os.environ["EMULATOR_GATEWAY_SECRET"]
+    gateway = launch_gateway()  # connects to the running JVM (PYSPARK_GATEWAY_PORT), starts nothing
+    jvm = gateway.jvm
+    jsc = jvm.org.apache.spark.api.java.JavaSparkContext.fromSparkContext(jvm.org.apache.spark.SparkContext.getOrCreate())
+    sc = SparkContext(gateway=gateway, jsc=jsc, conf=SparkConf(_jvm=jvm, _jconf=jsc.getConf()))
+    return SparkSession.builder.getOrCreate(), False  # the cluster's default session; never stop it
+
+
+def _start_spark():
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder
+    for key, value in json.loads(Path(os.environ["EMULATOR_SPARK_CONFIG"]).read_text()).items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark, True
+
+
+def serve_cluster(state_file: str) -> None:
+    """The long-lived driver JVM of an existing (all-purpose) cluster."""
+    import signal
+    import threading
+
+    spark, _ = _start_spark()
+    parameters = spark.sparkContext._gateway.gateway_parameters
+    state = Path(state_file)
+    temporary = state.with_name(state.name + ".tmp")
+    temporary.write_text(json.dumps({"port": parameters.port, "secret": parameters.auth_token}))
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, state)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    spark.stop()
+
+
+def main() -> None:
+    if sys.argv[1] == "--cluster":
+        serve_cluster(sys.argv[2])
+        return
+    python_file, parameters = sys.argv[1], sys.argv[2:]
+    spark, owned = _attach_to_cluster() if os.environ.get("EMULATOR_GATEWAY_PORT") else _start_spark()
+    sys.argv = [python_file, *parameters]
+    try:
+        runpy.run_path(
+            python_file,
+            init_globals={"spark": spark, "sc": spark.sparkContext, "dbutils": DBUtils(), "display": print},
+            run_name="__main__",
+        )
+    finally:
+        if owned:
+            spark.stop()
+
+
+if __name__ == "__main__":
+    main()

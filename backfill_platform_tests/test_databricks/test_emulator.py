@@ -1,0 +1,115 @@
+"""The workspace emulator speaks Databricks' REST shapes and errors to the real databricks-sdk client."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from databricks.sdk import WorkspaceClient
+from databricks.sdk import errors
+from databricks.sdk.service import iam, jobs
+
+from backfill_platform.dev.databricks_emulator import DEFAULT_CLUSTER_ID
+from backfill_platform_tests.test_databricks.conftest import CANARY_TOKEN
+
+
+@pytest.fixture
+def client(emulator) -> WorkspaceClient:
+    return WorkspaceClient(host=emulator.url, token=CANARY_TOKEN, auth_type="pat")
+
+
+def test_dbfs_round_trip_and_documented_errors(client, emulator):
+    dbfs = client.dbfs
+    dbfs.mkdirs("/t/dir")
+    handle = dbfs.create("/t/dir/big.bin", overwrite=True).handle
+    block = b"x" * (1024 * 1024)
+    for _ in range(2):
+        dbfs.add_block(handle, base64.b64encode(block).decode())
+    dbfs.close(handle)
+    dbfs.put("/t/small.txt", contents=base64.b64encode(b"hello").decode(), overwrite=True)
+    assert dbfs.get_status("/t/dir/big.bin").file_size == 2 * 1024 * 1024
+    assert base64.b64decode(dbfs.read("/t/small.txt", offset=1, length=3).data) == b"ell"
+    assert sorted((f.path, f.is_dir) for f in dbfs.list("/t")) == [("/t/dir", True), ("/t/small.txt", False)]
+
+    with pytest.raises(errors.ResourceDoesNotExist, match="No file or directory exists on path /t/none"):
+        dbfs.read("/t/none")
+    with pytest.raises(errors.ResourceAlreadyExists):
+        dbfs.put("/t/small.txt", contents="", overwrite=False)
+    with pytest.raises(errors.DatabricksError) as too_big:
+        dbfs.read("/t/dir/big.bin", length=2 * 1024 * 1024)
+    assert too_big.value.error_code == "MAX_READ_SIZE_EXCEEDED"
+    with pytest.raises(errors.DatabricksError) as not_empty:  # raw call: the SDK's mixin checks first
+        client.api_client.do("POST", "/api/2.0/dbfs/delete", body={"path": "/t/dir", "recursive": False})
+    assert not_empty.value.error_code == "IO_ERROR"
+    dbfs.delete("/t", recursive=True)
+    with pytest.raises(errors.ResourceDoesNotExist):
+        dbfs.get_status("/t")
+    with pytest.raises(errors.InvalidParameterValue, match=r"'\.\.'"):
+        dbfs.get_status("/a/../../etc/passwd")
+
+
+def test_requests_without_the_token_get_401(emulator):
+    wrong = WorkspaceClient(host=emulator.url, token="dapi-wrong", auth_type="pat")
+    with pytest.raises(errors.Unauthenticated):
+        wrong.dbfs.get_status("/")
+    with pytest.raises(errors.Unauthenticated):
+        wrong.jobs.get_run(1)
+
+
+def test_submit_validation_clusters_and_permissions(client, emulator):
+    client.dbfs.put("/s/ok.py", contents=base64.b64encode(b"print('ok')").decode(), overwrite=True)
+    task = {"task_key": "t", "spark_python_task": {"python_file": "dbfs:/s/ok.py"}}
+    bad_specs = [
+        ({"new_cluster": {"node_type_id": "x", "num_workers": 1}}, "spark_version"),
+        ({"new_cluster": {"spark_version": "15.4.x-scala2.12", "num_workers": 1}}, "node_type_id"),
+        ({"new_cluster": {"spark_version": "15.4.x-scala2.12", "node_type_id": "x"}}, "num_workers"),
+        ({"existing_cluster_id": "0000-nope"}, "Cluster 0000-nope does not exist"),
+        ({"existing_cluster_id": DEFAULT_CLUSTER_ID, "new_cluster": {"spark_version": "x"}}, "Exactly one"),
+    ]
+    for spec, message in bad_specs:
+        with pytest.raises(errors.DatabricksError, match=message) as refused:
+            client.jobs.submit(run_name="bad", tasks=[jobs.SubmitTask.from_dict({**task, **spec})])
+        assert refused.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert client.clusters.get(DEFAULT_CLUSTER_ID).cluster_id == DEFAULT_CLUSTER_ID
+    # Databricks answers 400 INVALID_PARAMETER_VALUE "... does not exist"; the SDK maps that to NotFound.
+    with pytest.raises(errors.ResourceDoesNotExist) as unknown_cluster:
+        client.clusters.get("0000-nope")
+    assert unknown_cluster.value.error_code == "INVALID_PARAMETER_VALUE"
+    with pytest.raises(errors.DatabricksError, match="Run 99999 does not exist"):
+        client.jobs.get_run(99999)
+
+    # A run that cannot start (missing file) still goes through the documented life cycle.
+    missing = {"task_key": "t", "existing_cluster_id": DEFAULT_CLUSTER_ID,
+               "spark_python_task": {"python_file": "dbfs:/s/missing.py"}}
+    run_id = client.jobs.submit(run_name="missing", tasks=[jobs.SubmitTask.from_dict(missing)]).bind()["run_id"]
+    emulator.wait_for_run(run_id, timeout_s=30)
+    run = client.jobs.get_run(run_id)
+    assert run.state.life_cycle_state == jobs.RunLifeCycleState.TERMINATED
+    assert run.state.result_state == jobs.RunResultState.FAILED
+    assert "Cannot read the python file dbfs:/s/missing.py" in client.jobs.get_run_output(run.tasks[0].run_id).error
+    client.permissions.update(
+        "jobs", str(run.job_id),
+        access_control_list=[iam.AccessControlRequest(group_name="data-eng", permission_level=iam.PermissionLevel.CAN_VIEW)],
+    )
+    assert emulator.permission_updates[-1][:2] == ("jobs", str(run.job_id))
+
+
+def test_timeout_seconds_and_cancel_end_a_running_run(client, emulator):
+    """Honoured on a new job cluster (its driver is still starting its JVM when the time is up)."""
+    client.dbfs.put("/s/sleep.py", contents=base64.b64encode(b"import time\ntime.sleep(600)").decode(), overwrite=True)
+    task = {"task_key": "t", "spark_python_task": {"python_file": "dbfs:/s/sleep.py"},
+            "new_cluster": {"spark_version": "15.4.x-scala2.12", "node_type_id": "x", "num_workers": 0}}
+    timed = client.jobs.submit(run_name="timeout", timeout_seconds=1, tasks=[jobs.SubmitTask.from_dict(task)]).bind()["run_id"]
+    cancelled = client.jobs.submit(run_name="cancel", tasks=[jobs.SubmitTask.from_dict(task)]).bind()["run_id"]
+    emulator.wait_for_run(timed, timeout_s=30)
+    state = client.jobs.get_run(timed).state
+    assert (state.life_cycle_state.value, state.result_state.value) == ("TERMINATED", "TIMEDOUT")
+    assert "timed out after 1 seconds" in state.state_message
+    while client.jobs.get_run(cancelled).state.life_cycle_state.value == "PENDING":
+        pass
+    client.jobs.cancel_run(cancelled)
+    emulator.wait_for_run(cancelled, timeout_s=30)
+    assert client.jobs.get_run(cancelled).state.result_state.value == "CANCELED"
+    assert cancelled in emulator.cancel_requests
+    assert emulator.runs[cancelled].process.poll() is not None  # the driver process is gone
