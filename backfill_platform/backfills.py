@@ -64,6 +64,7 @@ def launch_destination_backfill(
     include_prerequisites: Sequence[dg.AssetKey] = (),
     tags: dict[str, str] | None = None,
     title: str | None = None,
+    run_config: dict | None = None,
 ) -> str:
     """Store an asset backfill of ``destination_data`` over the given keys; return its id."""
     asset_graph = defs.resolve_asset_graph()
@@ -82,7 +83,7 @@ def launch_destination_backfill(
         partitions_by_assets=selectors,
         title=title,
         description=None,
-        run_config=None,
+        run_config=run_config,
     )
     instance.add_backfill(backfill)
     return backfill_id

@@ -10,6 +10,7 @@ succeeded, 1 some failed, 2 bad input or configuration.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 import time
@@ -44,11 +45,19 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     import dagster as dg
 
-    from backfill_platform import backfills
+    from backfill_platform import backfills, cli_reports
     from backfill_platform.definitions import defs
 
     tables = defs.resources["tables"]
     instance = dg.DagsterInstance.get()
+    # --reprocess / --chunk-size / --newest-first / --max-concurrent / --tags / run config (cli_reports.py)
+    run_tags = cli_reports.parse_tags(args.tags)
+    run_config = cli_reports.backfill_run_config(args)
+    plan = cli_reports.backfill_selection(instance, args, dt.date.fromisoformat(keys[0]), dt.date.fromisoformat(keys[-1]))
+    if not plan.selected_keys:
+        _say(f"Nothing to backfill with --reprocess {args.reprocess}: see `backfill-platform plan --from {keys[0]} --to {keys[-1]}`.")
+        return EXIT_OK
+    keys = sorted(plan.selected_keys)
     prerequisites = [
         key for key in backfills.PREREQUISITES if instance.get_latest_materialization_event(key) is None
     ]
@@ -56,6 +65,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         f"Backfilling destination_data for {len(keys)} business day(s) {keys[0]}..{keys[-1]} "
         f"(instance: {home})"
     )
+    cli_reports.check_prerequisites(prerequisites, args, run_config)
     if prerequisites:
         _say(f"Also materializing {', '.join(k.to_user_string() for k in prerequisites)} first (never materialized here).")
 
@@ -64,8 +74,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         _say("No dagster-daemon is running for this instance: starting one for this backfill.")
         daemon = backfills.DaemonProcess(home).start()
     started = time.monotonic()
+    if cli_reports.wants_chunked_launch(args):
+        try:
+            return cli_reports.run_chunked_backfill(instance, plan, args, run_tags, run_config, prerequisites, started)
+        finally:
+            if daemon:
+                daemon.stop()
     backfill_id = backfills.launch_destination_backfill(
-        instance, defs, keys, include_prerequisites=prerequisites, title=f"backfill-platform {keys[0]}..{keys[-1]}"
+        instance, defs, keys, include_prerequisites=prerequisites, title=f"backfill-platform {keys[0]}..{keys[-1]}",
+        tags=run_tags, run_config=run_config,
     )
     _say(f"Launched backfill {backfill_id} (open it in the UI: dagster dev, then Overview > Backfills)")
     try:
@@ -156,17 +173,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--port", type=int, default=15002)
     server.set_defaults(handler=cmd_spark_server)
+    from backfill_platform import cli_reports
+
+    cli_reports.add_backfill_options(backfill)
+    cli_reports.add_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*is currently in beta.*")
     args = build_parser().parse_args(argv)
+    from backfill_platform.cli_reports import UsageError
     from backfill_platform.partitions import InvalidPartitionDateError
 
     try:
         return args.handler(args)
-    except (InvalidPartitionDateError, SettingsError) as error:
+    except (InvalidPartitionDateError, SettingsError, UsageError) as error:
         print(f"backfill-platform: error: {error}", file=sys.stderr)
         return EXIT_USAGE
 

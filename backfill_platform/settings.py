@@ -40,6 +40,7 @@ Nothing else in the package reads ``os.environ`` for configuration: modules take
 | ``BACKFILL_DATABRICKS_POOL`` | ``databricks_runs`` | Dagster pool of steps that launch Databricks runs (limit: ``dagster.yaml``) |
 | ``BACKFILL_FAULTS`` | (none) | TEST ONLY, see ``faults.py``: ``2024-03-04=transient:2,2024-03-05=logic,...`` |
 | ``BACKFILL_FAULT_STATE_DIR`` | ``<data dir>/fault-injection`` | TEST ONLY: attempt counters of injected faults |
+| ``BACKFILL_LOG_TABLE`` | ``backfill_log`` | table ``status --export-log`` writes the run history to |
 
 Databricks deployment (read here, checked when the step launcher starts, see ``resources/databricks.py``
 and ``docs/databricks.md``). Secrets are never stored in :class:`Settings`: the token and the OAuth
@@ -189,6 +190,7 @@ class Settings:
     # TEST ONLY (fault injection, see faults.py).
     faults: str = ""
     fault_state_dir: Path | None = None
+    log_table: str = "backfill_log"
     # Databricks deployment: raw values, validated by ``resources.databricks.launcher_config`` when the launcher starts
     # (never when definitions load). No secrets here.
     databricks_host: str = ""
@@ -244,6 +246,7 @@ class Settings:
             "BACKFILL_SPARK_MASTER": "spark_master",
             "BACKFILL_SPARK_REMOTE": "spark_remote",
             "BACKFILL_SPARK_JARS": "spark_jars",
+            "BACKFILL_LOG_TABLE": "log_table",
             **{f"BACKFILL_{name.upper()}": name for name in DATABRICKS_FIELDS},
         }
         for var, field in plain.items():

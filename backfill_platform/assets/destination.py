@@ -12,14 +12,17 @@ import time
 
 import dagster as dg
 
+from backfill_platform import checks
+from backfill_platform.assets.destination_config import DestinationConfig
 from backfill_platform.assets.source import source_data
+from backfill_platform.assets.tables_schema import POSITION_COLUMNS, POSITION_DATE
 from backfill_platform.faults import FaultInjector
 from backfill_platform.retries import classified_failures, retry_policy
-from backfill_platform.assets.tables_schema import POSITION_COLUMNS, POSITION_DATE
 from backfill_platform.partitions import business_day_partitions, partition_dates
 from backfill_platform.resources.step_launcher import STEP_LAUNCHER_KEY
 from backfill_platform.resources.tables import DeltaLocation, DeltaTables
 from backfill_platform.settings import load_settings
+
 
 @dg.asset(
     partitions_def=business_day_partitions,
@@ -30,18 +33,19 @@ from backfill_platform.settings import load_settings
     group_name="backfill",
     retry_policy=retry_policy(load_settings()),
     pool=load_settings().databricks_pool if load_settings().deployment == "databricks" else None,
+    check_specs=checks.destination_check_specs(),
 )
-def destination_data(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def destination_data(context: dg.AssetExecutionContext, config: DestinationConfig) -> dg.MaterializeResult:
     """Copy the source rows of this run's business dates into the destination (see below).
 
     Failures are classified (``retries.py``): transient ones are retried by the ``RetryPolicy``,
     logic/data ones fail once with ``Failure(allow_retries=False)``.
     """
     with classified_failures(context.partition_keys):
-        return _replace_dates(context)
+        return _replace_dates(context, config)
 
 
-def _replace_dates(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def _replace_dates(context: dg.AssetExecutionContext, config: DestinationConfig) -> dg.MaterializeResult:
     """Copy the source rows of this run's business dates into the destination, replacing exactly
     those dates (``replaceWhere``) in one Delta commit.
 
@@ -57,10 +61,10 @@ def _replace_dates(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     spark_ready = time.perf_counter()
     source = _read_source(spark, tables.source).where(F.col(POSITION_DATE).isin(dates))
 
-    rows_per_date = {
-        row[0].isoformat(): int(row[1]) for row in source.groupBy(POSITION_DATE).count().collect()
-    }
-    missing = [day.isoformat() for day in dates if day.isoformat() not in rows_per_date]
+    # Expectations (checks.py): 'fail' raises Failure(allow_retries=False) before anything is written.
+    expected = checks.enforce_expectations(context, source, config.expectation_policies)
+    rows_per_date = expected.kept_rows_per_date
+    missing = [day.isoformat() for day in dates if day.isoformat() not in expected.source_rows_per_date]
     if missing:
         raise dg.Failure(
             description=(
@@ -76,8 +80,10 @@ def _replace_dates(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     checked = time.perf_counter()
     _create_destination_if_missing(spark, tables.destination)
     predicate = f"{POSITION_DATE} IN ({', '.join(repr(day.isoformat()) for day in dates)})"
+    if config.full_refresh:  # the run's whole window, non-business days inside it included
+        predicate = f"{POSITION_DATE} BETWEEN '{dates[0].isoformat()}' AND '{dates[-1].isoformat()}'"
     writer = (
-        source.write.format("delta")
+        expected.rows.write.format("delta")
         .mode("overwrite")
         .option("replaceWhere", predicate)
     )
@@ -89,8 +95,14 @@ def _replace_dates(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         f"Replaced {len(dates)} business date(s) {dates[0]}..{dates[-1]} in {tables.destination}: "
         f"{total} rows, Delta version {commit['version']}"
     )
+    check_results = checks.run_destination_checks(
+        tables.destination.read(spark), dates, expected, business_day_partitions.get_partition_keys()
+    )
     return dg.MaterializeResult(
+        check_results=check_results,
         metadata={
+            **expected.metadata(),
+            "full_refresh": config.full_refresh,
             "table": str(tables.destination),
             "delta_version": int(commit["version"]),
             "rows_written": total,
