@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 
-.PHONY: setup demo test dev daemon clean bench bench-quick
+.PHONY: setup demo test dev daemon clean bench bench-quick chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,12 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/backfill-platform backfill --from 2024-01-01 --to 2025-11-20
 
+## Debian's Chromium for the UI test (Playwright's own browser download is not reachable here).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 ## The test suite (what CI runs).
-test: setup
+test: setup chromium
 	$(BIN)/python -m pytest
 
 ## The Dagster UI and daemon on http://127.0.0.1:3000

@@ -5,9 +5,9 @@ partitions (so the table and ``business_day_partitions`` cannot disagree)."""
 import datetime as dt
 
 import dagster as dg
-from dagster_pyspark import PySparkResource
 
 from backfill_platform.partitions import business_calendar_days
+from backfill_platform.resources.step_launcher import STEP_LAUNCHER_KEY
 from backfill_platform.resources.tables import DeltaTables
 
 
@@ -16,17 +16,21 @@ class CalendarConfig(dg.Config):
     last_day: str = "2026-12-31"
 
 
-@dg.asset(kinds={"spark", "delta"}, group_name="backfill")
+@dg.asset(
+    kinds={"spark", "delta"},
+    group_name="backfill",
+    # the same seam as destination_data: on Databricks these run on the cluster too
+    required_resource_keys={STEP_LAUNCHER_KEY, "pyspark", "tables"},
+)
 def business_calendar(
     context: dg.AssetExecutionContext,
     config: CalendarConfig,
-    pyspark: PySparkResource,
-    tables: DeltaTables,
 ) -> dg.MaterializeResult:
     """One row per calendar day with the seed's columns; ``us_business_or_holiday_flag`` is 'B' for a
     business day and 'H' for a weekend, holiday or closure, and ``day_reason`` says which."""
     from pyspark.sql import functions as F
 
+    pyspark, tables = context.resources.pyspark, context.resources.tables
     first, last = dt.date.fromisoformat(config.first_day), dt.date.fromisoformat(config.last_day)
     if first > last:
         raise dg.Failure(f"first_day {first} is after last_day {last}.", allow_retries=False)

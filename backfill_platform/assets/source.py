@@ -9,9 +9,9 @@ observes: it is never overwritten.
 import datetime as dt
 
 import dagster as dg
-from dagster_pyspark import PySparkResource
 
 from backfill_platform.assets.tables_schema import POSITION_COLUMNS
+from backfill_platform.resources.step_launcher import STEP_LAUNCHER_KEY
 from backfill_platform.resources.tables import DeltaTables
 
 
@@ -22,18 +22,22 @@ class SourceConfig(dg.Config):
     seed: int = 42
 
 
-@dg.asset(kinds={"spark", "delta"}, group_name="backfill")
+@dg.asset(
+    kinds={"spark", "delta"},
+    group_name="backfill",
+    # the same seam as destination_data: on Databricks these run on the cluster too
+    required_resource_keys={STEP_LAUNCHER_KEY, "pyspark", "tables"},
+)
 def source_data(
     context: dg.AssetExecutionContext,
     config: SourceConfig,
-    pyspark: PySparkResource,
-    tables: DeltaTables,
 ) -> dg.MaterializeResult:
     """The demo source: ``position_date`` DATE, ``id`` BIGINT 0..N-1, ``value`` DOUBLE 0-100,
     ``category`` STRING A/B/C, deterministic for a given seed (hash-based, so independent of how
     Spark partitions the work)."""
     from pyspark.sql import functions as F
 
+    pyspark, tables = context.resources.pyspark, context.resources.tables
     spark = pyspark.spark_session
     if not tables.seed_demo_source:
         return _observe_existing_source(spark, tables)

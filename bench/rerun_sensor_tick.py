@@ -1,6 +1,6 @@
 """How long one tick of ``rerun_failed_partitions`` takes with ~1,750 partitions (2020-2026).
 
-Usage: ``python benchmarks/rerun_sensor_tick.py [N_SINGLE_FAILED_RUNS]`` (default 100).
+Usage: ``python bench/rerun_sensor_tick.py [N_SINGLE_FAILED_RUNS]`` (default 100).
 
 A temporary SQLite instance gets real failed runs of ``destination_data``'s partitions: one range run
 over ALL business days since 2020-01-01 (so every partition is failed and pending: the worst case
