@@ -123,7 +123,6 @@ def _measure(instance, keys: list[str], cluster: str, attempt: int) -> dict:
     result = dg.execute_job(
         job, instance,
         tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
-        run_config={"execution": {"config": {"in_process": {}}}},
     )
     wall = time.monotonic() - started
     assert result.success, [e.message for e in result.all_events if e.is_failure]

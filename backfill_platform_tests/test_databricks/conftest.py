@@ -68,14 +68,11 @@ class DatabricksDeployment:
         """Submit runs of destination_data_job to the instance's run queue (as the UI's launchpad
         does), one per (run id, partition key), all at once."""
         self.ensure_daemon()
-        # In-process executor: the step runs in the run worker (one process fewer per run); the
-        # step launcher works the same with either executor.
-        config = self.home / "in_process.yaml"
-        config.write_text("execution:\n  config:\n    in_process: {}\n")
+        # The definitions' executor is in-process: the step runs in the run worker.
         launches = [
             subprocess.Popen(
                 [sys.executable, "-m", "dagster", "job", "launch", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-                 "-j", "destination_data_job", "--run-id", run_id, "-c", str(config),
+                 "-j", "destination_data_job", "--run-id", run_id,
                  "--tags", json.dumps({"dagster/partition": partition_key})],
                 cwd=PROJECT_ROOT, env={**_base_env(), **self.env}, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, text=True,
