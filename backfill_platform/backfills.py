@@ -193,6 +193,7 @@ class DaemonProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> DaemonProcess:
+        initialize_instance_storage(self.dagster_home)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
@@ -221,6 +222,17 @@ class DaemonProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def initialize_instance_storage(dagster_home: Path) -> None:
+    """Create the instance's SQLite schema now, in this process.
+
+    A fresh DAGSTER_HOME whose schema is first created by two processes at once (a daemon starting
+    while ``dagster job backfill`` or the webserver starts) can fail with "table alembic_version
+    already exists" and kill the daemon; creating it here first avoids that race.
+    """
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        instance.get_runs(limit=1)
 
 
 def daemon_is_running(instance: dg.DagsterInstance) -> bool:

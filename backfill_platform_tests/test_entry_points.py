@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import dagster as dg
 import pytest
 
-from backfill_platform.backfills import DaemonProcess
+from backfill_platform.backfills import DaemonProcess, initialize_instance_storage
 from backfill_platform.settings import PROJECT_ROOT
 from backfill_platform_tests.conftest import free_port, make_dagster_home, subprocess_env
 from backfill_platform_tests.helpers import delta_version, rows_per_date, seed_source
@@ -97,6 +97,7 @@ def test_web_ui_partition_backfill_launcher(spark, deployment, tmp_path):
     settings, resources, home = deployment
     env = subprocess_env(settings, home)
     port = free_port()
+    initialize_instance_storage(home)  # before two processes (webserver, daemon) open it at once
     keys = ["2024-07-01", "2024-07-02", "2024-07-03", "2024-07-05", "2024-07-08"]
     with running([f"{BIN}/dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)], env, tmp_path / "webserver.log"), \
             running([f"{BIN}/dagster-daemon", "run", "-w", "workspace.yaml"], env, tmp_path / "daemon.log"):
