@@ -76,14 +76,14 @@ def _replace_dates(context: dg.AssetExecutionContext, config: DestinationConfig)
         )
 
     faults = FaultInjector.from_settings(load_settings())  # TEST ONLY; inert unless BACKFILL_FAULTS
-    source = faults.arm_kill(source, faults.before_write([day.isoformat() for day in dates]))
+    rows = faults.arm_kill(expected.rows, faults.before_write([day.isoformat() for day in dates]))
     checked = time.perf_counter()
     _create_destination_if_missing(spark, tables.destination)
     predicate = f"{POSITION_DATE} IN ({', '.join(repr(day.isoformat()) for day in dates)})"
     if config.full_refresh:  # the run's whole window, non-business days inside it included
         predicate = f"{POSITION_DATE} BETWEEN '{dates[0].isoformat()}' AND '{dates[-1].isoformat()}'"
     writer = (
-        expected.rows.write.format("delta")
+        rows.write.format("delta")
         .mode("overwrite")
         .option("replaceWhere", predicate)
     )
