@@ -183,6 +183,19 @@ def wait_for_backfill(
         time.sleep(poll_s)
 
 
+def stop_process_group(process: subprocess.Popen | None, timeout_s: float = 30) -> None:
+    """SIGTERM a process started with ``start_new_session=True`` and its children; SIGKILL after
+    ``timeout_s``."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 class DaemonProcess:
     """``dagster-daemon run`` for the project's workspace, started and stopped by its owner."""
 
@@ -208,14 +221,7 @@ class DaemonProcess:
         return self
 
     def stop(self, timeout_s: float = 30) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_process_group(self.process, timeout_s)
 
     def __enter__(self) -> DaemonProcess:
         return self.start()

@@ -16,13 +16,13 @@ Delta SQL (``DESCRIBE HISTORY``, ``CREATE TABLE ... USING DELTA``), which works 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from backfill_platform.backfills import stop_process_group
 from backfill_platform.resources.spark import local_spark_config
 from backfill_platform.settings import Settings
 
@@ -133,14 +133,7 @@ class SparkConnectServerProcess:
             )
 
     def stop(self, timeout_s: float = 30) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_process_group(self.process, timeout_s)
 
     def __enter__(self) -> SparkConnectServerProcess:
         return self.start()
