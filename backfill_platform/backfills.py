@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -250,10 +251,77 @@ def daemon_is_running(instance: dg.DagsterInstance) -> bool:
         return False
 
 
+
+class KeepDaemon:
+    """Keep one ``dagster-daemon`` serving the instance for as long as a command waits on it.
+
+    On entry it starts a daemon when none sends heartbeats; while the command waits, a background
+    check (every ``check_every_s``) starts another one if the daemon it started exited, or if the
+    daemon that was running before stopped sending heartbeats. On exit it stops the daemon it
+    started and wipes the heartbeats that daemon left, so the next command does not take the last
+    ones (up to 30 s old) for a live daemon and wait for a queue that nobody serves.
+    """
+
+    def __init__(
+        self,
+        instance: dg.DagsterInstance,
+        dagster_home: Path,
+        say: Callable[[str], None],
+        check_every_s: float = 10.0,
+    ):
+        self.instance = instance
+        self.dagster_home = Path(dagster_home)
+        self.say = say
+        self.check_every_s = check_every_s
+        self.daemon: DaemonProcess | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> None:
+        if self.daemon is not None:
+            code = self.daemon.process.poll()
+            if code is None:
+                return
+            message = (
+                f"The dagster-daemon this command started exited with code {code} (log: "
+                f"{self.daemon.log_path}); starting another one."
+            )
+        elif daemon_is_running(self.instance):
+            return
+        elif self._thread is not None:
+            message = "The dagster-daemon serving this instance stopped sending heartbeats; starting one."
+        else:
+            message = "No dagster-daemon is running for this instance: starting one for this backfill."
+        self.say(message)
+        self.daemon = DaemonProcess(self.dagster_home).start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.check_every_s):
+            try:
+                self.check()
+            except Exception as error:  # a failed check must not end the command's wait
+                self.say(f"Could not check the dagster-daemon ({type(error).__name__}: {error}); will retry.")
+
+    def __enter__(self) -> KeepDaemon:
+        self.check()
+        self._thread = threading.Thread(target=self._watch, name="keep-dagster-daemon", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.daemon is not None:
+            self.daemon.stop()
+            self.instance.wipe_daemon_heartbeats()
+
+
 __all__ = [
     "BackfillProgress",
     "BulkActionStatus",
     "DaemonProcess",
+    "KeepDaemon",
     "backfill_progress",
     "backfill_runs",
     "daemon_is_running",

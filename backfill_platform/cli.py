@@ -69,35 +69,26 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if prerequisites:
         _say(f"Also materializing {', '.join(k.to_user_string() for k in prerequisites)} first (never materialized here).")
 
-    daemon = None
-    if not backfills.daemon_is_running(instance):
-        _say("No dagster-daemon is running for this instance: starting one for this backfill.")
-        daemon = backfills.DaemonProcess(home).start()
-    started = time.monotonic()
-    if cli_reports.wants_chunked_launch(args):
-        try:
+    keeper = backfills.KeepDaemon(instance, home, _say)
+    with keeper:
+        started = time.monotonic()
+        if cli_reports.wants_chunked_launch(args):
             return cli_reports.run_chunked_backfill(instance, plan, args, run_tags, run_config, prerequisites, started)
-        finally:
-            if daemon:
-                daemon.stop()
-    backfill_id = backfills.launch_destination_backfill(
-        instance, defs, keys, include_prerequisites=prerequisites, title=f"backfill-platform {keys[0]}..{keys[-1]}",
-        tags=run_tags, run_config=run_config,
-    )
-    _say(f"Launched backfill {backfill_id} (open it in the UI: dagster dev, then Overview > Backfills)")
-    try:
-        progress = backfills.wait_for_backfill(
-            instance, backfill_id, timeout_s=args.timeout, on_progress=lambda p: _say("  " + p.line())
+        backfill_id = backfills.launch_destination_backfill(
+            instance, defs, keys, include_prerequisites=prerequisites, title=f"backfill-platform {keys[0]}..{keys[-1]}",
+            tags=run_tags, run_config=run_config,
         )
-    except KeyboardInterrupt:
-        _say(
-            f"\nInterrupted. Backfill {backfill_id} stays in the instance"
-            + (" and resumes when a dagster-daemon runs again." if daemon else ".")
-        )
-        return EXIT_FAILED
-    finally:
-        if daemon:
-            daemon.stop()
+        _say(f"Launched backfill {backfill_id} (open it in the UI: dagster dev, then Overview > Backfills)")
+        try:
+            progress = backfills.wait_for_backfill(
+                instance, backfill_id, timeout_s=args.timeout, on_progress=lambda p: _say("  " + p.line())
+            )
+        except KeyboardInterrupt:
+            _say(
+                f"\nInterrupted. Backfill {backfill_id} stays in the instance"
+                + (" and resumes when a dagster-daemon runs again." if keeper.daemon else ".")
+            )
+            return EXIT_FAILED
     wall = time.monotonic() - started
     failed = backfills.failed_partitions(instance, backfill_id)
     _say("")

@@ -15,7 +15,9 @@ does anything. When set, it names business dates and what happens when a run pro
   run's maximum runtime (``dagster/max_runtime``, run monitoring) ends it.
 
 Attempts are counted per date in files under ``BACKFILL_FAULT_STATE_DIR`` (default
-``<BACKFILL_DATA_DIR>/fault-injection``), so counts survive process deaths and span runs.
+``<BACKFILL_DATA_DIR>/fault-injection``), so counts survive process deaths and span runs. A ``kill``
+counts only when it fires (from the Spark task), so an attempt that failed earlier for another
+reason does not use it up.
 """
 
 from __future__ import annotations
@@ -81,14 +83,7 @@ class FaultInjector:
     def _next_attempt(self, day: str) -> int:
         """Record one more attempt of ``day`` and return its number (1, 2, ...), across processes."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / f"{day}.attempts", "a+") as counter:
-            fcntl.flock(counter, fcntl.LOCK_EX)
-            counter.seek(0)
-            attempt = len(counter.read().splitlines()) + 1
-            counter.write(f"{os.getpid()}\n")
-            counter.flush()
-            fcntl.flock(counter, fcntl.LOCK_UN)
-        return attempt
+        return record_attempt(self.state_dir / f"{day}.attempts", f"{os.getpid()} {time.time_ns()}")
 
     def attempts(self, day: str) -> int:
         path = self.state_dir / f"{day}.attempts"
@@ -109,9 +104,13 @@ class FaultInjector:
         failing, armed, hanging = [], [], []
         for day in mine:
             fault = self.faults[day]
+            if fault.kind == "kill":  # counted by the Spark task that fires it (arm_kill)
+                if self.attempts(day) < fault.times:
+                    armed.append(day)
+                continue
             attempt = self._next_attempt(day)
             if attempt <= fault.times:
-                target = {"transient": failing, "kill": armed, "hang": hanging}[fault.kind]
+                target = {"transient": failing, "hang": hanging}[fault.kind]
                 target.append(f"{day} (attempt {attempt}/{fault.times})")
         if hanging:
             time.sleep(3600)  # ended by the run's maximum runtime (run monitoring terminates the run)
@@ -129,11 +128,16 @@ class FaultInjector:
         from pyspark.sql.types import BooleanType
 
         targets = run_worker_pids()
+        counters = [self.state_dir / f"{day}.attempts" for day in armed]
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        token = f"kill {os.getpid()} {time.time_ns()}"  # this attempt, however many tasks fire it
 
         def kill_run_worker(_value) -> bool:
             import os as _os
             import signal as _signal
 
+            for path in counters:
+                record_attempt(path, token)
             for pid in targets:
                 try:
                     _os.kill(pid, _signal.SIGKILL)
@@ -142,6 +146,23 @@ class FaultInjector:
             return True
 
         return frame.where(F.udf(kill_run_worker, BooleanType())(F.col(frame.columns[0])))
+
+
+def record_attempt(path: Path, token: str) -> int:
+    """Append ``token`` to the counter file unless it is there; return how many attempts it holds.
+
+    Locked, so processes (and Spark tasks) that record at once each see a consistent count.
+    """
+    with open(path, "a+") as counter:
+        fcntl.flock(counter, fcntl.LOCK_EX)
+        counter.seek(0)
+        tokens = counter.read().splitlines()
+        if token not in tokens:
+            counter.write(f"{token}\n")
+            counter.flush()
+            tokens.append(token)
+        fcntl.flock(counter, fcntl.LOCK_UN)
+    return len(tokens)
 
 
 def _cmdline(pid: int) -> str:

@@ -85,7 +85,7 @@ class SparkConnectServerProcess:
         for key in ("spark-tmp", "spark-warehouse"):
             (Path(self.settings.data_dir) / key).mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+        env = {"PYSPARK_PYTHON": sys.executable, **os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
         env.pop("SPARK_HOME", None)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import dagster as dg
 import pytest
 
-from backfill_platform.backfills import DaemonProcess, initialize_instance_storage
+from backfill_platform.backfills import DaemonProcess, KeepDaemon, daemon_is_running, initialize_instance_storage
 from backfill_platform.settings import PROJECT_ROOT
 from backfill_platform_tests.conftest import free_port, make_dagster_home, subprocess_env
 from backfill_platform_tests.helpers import delta_version, rows_per_date, seed_source
@@ -189,7 +189,7 @@ def test_backfill_platform_cli_is_the_main_job(spark, settings, resources, tmp_p
     env = subprocess_env(settings, home)
     result = subprocess.run(
         [f"{BIN}/backfill-platform", "backfill", "--from", "2024-07-01", "--to", "2024-07-09"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -210,12 +210,43 @@ def test_backfill_platform_cli_is_the_main_job(spark, settings, resources, tmp_p
     tables.source.delta_table(spark).delete("position_date = '2024-07-10'")
     failed = subprocess.run(
         [f"{BIN}/backfill-platform", "backfill", "--from", "2024-07-10", "--to", "2024-07-11"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "Also materializing" not in failed.stdout  # source and calendar already exist
+    # the first command's daemon is gone; its last heartbeats must not pass for a live daemon
+    assert "No dagster-daemon is running for this instance: starting one" in failed.stdout
     assert "partitions failed:    2 (2024-07-10, 2024-07-11)" in failed.stdout
     assert rows_per_date(spark, tables.destination) == expected
+
+
+def _wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
+        time.sleep(0.5)
+
+
+def test_keep_daemon_replaces_a_dead_daemon_and_leaves_no_stale_heartbeats(tmp_path):
+    """What the CLI does while it waits: the daemon it started dies -> it starts another; when the
+    CLI ends, the instance shows no live daemon at once (not 30 s of stale heartbeats)."""
+    home = make_dagster_home(tmp_path / "dagster_home")
+    initialize_instance_storage(home)
+    said: list[str] = []
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        keeper = KeepDaemon(instance, home, said.append, check_every_s=1)
+        with keeper:
+            first = keeper.daemon
+            assert first is not None and said == ["No dagster-daemon is running for this instance: starting one for this backfill."]
+            _wait_for(lambda: daemon_is_running(instance), 180, "the first daemon's heartbeats")
+            os.killpg(first.process.pid, signal.SIGKILL)
+            _wait_for(lambda: keeper.daemon is not first, 30, "a replacement daemon")
+            assert said[1].startswith("The dagster-daemon this command started exited with code -9"), said
+            second = keeper.daemon
+            _wait_for(lambda: second.process.poll() is None and daemon_is_running(instance), 180, "the second daemon")
+        assert second.process.poll() is not None  # stopped on exit
+        assert not daemon_is_running(instance)  # its heartbeats were wiped
+        assert len(said) == 2, said
 
 
 @pytest.mark.parametrize(

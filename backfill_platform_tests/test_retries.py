@@ -11,7 +11,13 @@ import urllib.request
 import dagster as dg
 import pytest
 
-from backfill_platform.faults import FaultInjector, InjectedLogicFault, InjectedTransientFault, parse_faults
+from backfill_platform.faults import (
+    FaultInjector,
+    InjectedLogicFault,
+    InjectedTransientFault,
+    parse_faults,
+    record_attempt,
+)
 from backfill_platform.retries import (
     LOGIC,
     TRANSIENT,
@@ -204,8 +210,12 @@ def test_fault_injection_counts_attempts_across_injectors(tmp_path):
         second.before_write(["2024-03-04"])
     assert first.before_write(["2024-03-04", "2024-03-07"]) == []
     assert classify(_raised(lambda: first.before_write(["2024-03-05"]))).kind == LOGIC
-    assert second.before_write(["2024-03-06"]) == ["2024-03-06 (attempt 1/1)"]
-    assert second.before_write(["2024-03-06"]) == []
+    # a kill stays armed until a Spark task fires it (records it), however often attempts start
+    assert second.before_write(["2024-03-06"]) == ["2024-03-06"]
+    assert second.before_write(["2024-03-06"]) == ["2024-03-06"] and first.attempts("2024-03-06") == 0
+    assert record_attempt(tmp_path / "2024-03-06.attempts", "kill 1") == 1
+    assert record_attempt(tmp_path / "2024-03-06.attempts", "kill 1") == 1  # a second task, same attempt
+    assert second.before_write(["2024-03-06"]) == [] and first.attempts("2024-03-06") == 1
     assert first.attempts("2024-03-04") == 3 and first.attempts("2024-03-05") == 1
     assert FaultInjector(parse_faults(""), tmp_path).before_write(["2024-03-04"]) == []
     assert isinstance(_raised(lambda: first.before_write(["2024-03-05"])), InjectedLogicFault)

@@ -84,6 +84,11 @@ class RunAttempt:
     def gave_up(self) -> bool:
         return self.tags.get(platform_tags.GAVE_UP) == "true"
 
+    def gave_up_on(self, key: str) -> bool:
+        """The rerun sensor gave up on ``key`` at this run (a chunk run's give-up names its dates)."""
+        dates = self.tags.get(platform_tags.GAVE_UP_DATES)
+        return self.gave_up and (key in dates.split(",") if dates else True)
+
     def lineage(self) -> dict[str, str]:
         """The retry lineage tags this run carries (empty for a first try)."""
         keys = (
@@ -132,16 +137,28 @@ class DateHistory:
                 return attempt.run.duration_s
         return None
 
+    def retries_before_landing(self) -> tuple[int, int]:
+        """(failed runs, step retries) among the runs that included this date, up to and including
+        its latest successful run. A step retry (the asset's ``RetryPolicy``) re-ran every date of
+        its run, so it counts for each of them."""
+        landed = [i for i, attempt in enumerate(self.attempts) if attempt.run.succeeded]
+        if not landed:
+            return 0, 0
+        tries = [attempt.run for attempt in self.attempts[: landed[-1] + 1]]
+        return sum(run.failed for run in tries), sum(run.step_retries for run in tries)
+
     @property
     def succeeded_after_retries(self) -> bool:
-        """Its latest success came after at least one failed attempt."""
-        successes = [a for a in self.attempts if a.run.succeeded]
-        return bool(successes) and successes[-1].number > 1 and self.state == MATERIALIZED
+        """It is materialized, and a try that included it failed before its latest success: a failed
+        run (followed by a run retry or a rerun-sensor rerun) or a failed step attempt that the step's
+        retry policy retried."""
+        return self.state == MATERIALIZED and sum(self.retries_before_landing()) > 0
 
     @property
     def gave_up(self) -> bool:
         """The rerun sensor stopped retrying it, and it has not landed since."""
-        return self.state == FAILED and any(a.run.gave_up for a in self.attempts if not a.run.succeeded) and not (
+        key = self.day.isoformat()
+        return self.state == FAILED and any(a.run.gave_up_on(key) for a in self.attempts if not a.run.succeeded) and not (
             self.last and self.last.succeeded
         )
 
@@ -157,6 +174,8 @@ class DateHistory:
             "last_error": self.last_error,
             "last_duration_s": None if self.last_duration_s is None else round(self.last_duration_s, 3),
             "succeeded_after_retries": self.succeeded_after_retries,
+            "failed_runs_before_success": self.retries_before_landing()[0],
+            "step_retries_before_success": self.retries_before_landing()[1],
             "gave_up": self.gave_up,
             "run_ids": [a.run.run_id for a in self.attempts],
             "last_run_url": last.url if last else None,
@@ -221,6 +240,7 @@ class History:
         return {
             "succeeded_after_retries": [
                 {"date": d.day.isoformat(), "attempts": d.attempts[-1].number if d.attempts else 0,
+                 "failed_runs": d.retries_before_landing()[0], "step_retries": d.retries_before_landing()[1],
                  "run_ids": [a.run.run_id for a in d.attempts]}
                 for d in self.succeeded_after_retries()
             ],
@@ -228,7 +248,7 @@ class History:
             "give_ups": [
                 {"date": d.day.isoformat(), "run_id": d.last.run_id if d.last else None,
                  "reason": next((a.run.tags.get(platform_tags.GAVE_UP_REASON) for a in reversed(d.attempts)
-                                 if a.run.gave_up), None),
+                                 if a.run.gave_up_on(d.day.isoformat())), None),
                  "last_error": d.last_error}
                 for d in self.give_ups()
             ],
@@ -292,6 +312,14 @@ def _as_datetime(value: float | None) -> dt.datetime | None:
     return None if value is None else dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
 
 
+def _step_error(error) -> str:
+    """The step's own error: a step that ran out of retries fails with Dagster's "Exceeded
+    max_retries of N", caused by the last attempt's error, which is the one worth reporting."""
+    if error.cls_name == "RetryRequestedFromPolicy" and error.cause is not None:
+        return f"{error.cause.message.strip()} (after {error.message.strip().removeprefix('Exceeded ')})"
+    return error.message
+
+
 def _run_events(instance: dg.DagsterInstance, run_id: str) -> tuple[str | None, int]:
     """(error message, number of step retries) of a run, from its event log."""
     events = instance.all_logs(
@@ -312,7 +340,7 @@ def _run_events(instance: dg.DagsterInstance, run_id: str) -> tuple[str | None, 
             step_retries += 1
         elif event.event_type == dg.DagsterEventType.STEP_FAILURE:
             data = event.step_failure_data
-            error = (data.error.message if data and data.error else event.message) or error
+            error = (_step_error(data.error) if data and data.error else event.message) or error
         elif event.event_type == dg.DagsterEventType.RUN_FAILURE and error is None:
             error = event.message
     if error:

@@ -47,7 +47,7 @@ def render_table(history: History) -> str:
     after = analytics["succeeded_after_retries"]
     lines.append(
         "  succeeded only after retries: "
-        + (", ".join(f"{d['date']} (attempt {d['attempts']})" for d in after) if after else "none")
+        + (", ".join(f"{d['date']} ({_retries(d)})" for d in after) if after else "none")
     )
     rates = analytics["success_rate_by_attempt"]
     lines.append(
@@ -61,6 +61,13 @@ def render_table(history: History) -> str:
     )
     lines.append(f"  retry runs: {analytics['retry_runs']}; step retries: {analytics['step_retries']}")
     return "\n".join(lines)
+
+
+def _retries(entry: dict) -> str:
+    parts = [f"run attempt {entry['attempts']}"]
+    if entry["step_retries"]:
+        parts.append(f"{entry['step_retries']} step retr{'y' if entry['step_retries'] == 1 else 'ies'}")
+    return ", ".join(parts)
 
 
 def render_json(history: History) -> str:

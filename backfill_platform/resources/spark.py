@@ -14,6 +14,7 @@ import fcntl
 import importlib.metadata
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,10 @@ def start_spark_session(spark_config: dict[str, Any], log_level: str = "ERROR") 
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Spark's Python workers (Python UDFs) run PYSPARK_PYTHON, else the first `python3` on PATH,
+    # which may lack this project's packages (pyspark 4 workers import pyarrow for UDFs): use this
+    # interpreter unless the user chose one.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     for key in ("spark.local.dir", "spark.sql.warehouse.dir"):
         if key in spark_config:
             Path(spark_config[key]).mkdir(parents=True, exist_ok=True)

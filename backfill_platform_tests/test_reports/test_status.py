@@ -11,6 +11,11 @@ The history (July 2024, 4 source rows per day) is made of real runs on the share
 - 07-09 and 07-10 are submitted by the chunked launcher to the instance's run queue (chunk size 1,
   newest first) with no daemon running, so they stay queued -> in flight;
 - 07-11, 07-12 never ran -> missing; 07-04 (Independence Day) and the weekend are not business days.
+
+The retry lineage here is written by the test (a small, fast history for every output format). The
+same report over lineage that Dagster's step retries, a killed run and the rerun sensor produced
+with a real daemon is asserted in ``test_sensors/test_retry_acceptance.py``
+(``test_status_reports_the_history_the_daemon_and_the_sensor_made``).
 """
 
 from __future__ import annotations
@@ -152,7 +157,9 @@ def test_status_reports_the_exact_history(history_home, capsys):
     assert dates["2024-07-01"]["last_duration_s"] > 0
     assert dates["2024-07-11"]["state"] == "missing" and dates["2024-07-11"]["attempts"] == 0
     analytics = report["analytics"]
-    assert analytics["succeeded_after_retries"] == [{"date": "2024-07-05", "attempts": 2, "run_ids": [runs["B"], runs["C"]]}]
+    assert analytics["succeeded_after_retries"] == [
+        {"date": "2024-07-05", "attempts": 2, "failed_runs": 1, "step_retries": 0, "run_ids": [runs["B"], runs["C"]]}
+    ]
     assert analytics["success_rate_by_attempt"] == {
         "1": {"attempts": 5, "succeeded": 3, "rate": 0.6},
         "2": {"attempts": 2, "succeeded": 1, "rate": 0.5},
@@ -169,7 +176,7 @@ def test_status_reports_the_exact_history(history_home, capsys):
         "2024-07-01..2024-07-12: 9 business day(s): 4 materialized (44.4%), 1 failed, 2 missing, "
         "2 in flight; 3 weekend/holiday day(s) skipped; 7 run(s)"
     ) in out
-    assert "succeeded only after retries: 2024-07-05 (attempt 2)" in out
+    assert "succeeded only after retries: 2024-07-05 (run attempt 2)" in out
     assert "success rate by attempt:      #1: 3/5 (60%), #2: 1/2 (50%)" in out
     assert f"rerun sensor give-ups:        2024-07-08 (run {runs['E'][:8]}: data error: not retried)" in out
 

@@ -22,6 +22,9 @@ import datetime as dt
 import email
 import http.server
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -149,7 +152,7 @@ def deployment(tmp_path_factory, spark):
         }
         state = _wait_until_settled(instance, smtp_sink, timeout_s=2100)
         state.update(
-            instance=instance, settings=settings, resources=resources, backfills=launched, smtp=smtp_sink,
+            instance=instance, settings=settings, resources=resources, backfills=launched, smtp=smtp_sink, env=env,
             webhook=WebhookSink.received, wall_s=time.monotonic() - started,
         )
         yield state
@@ -387,4 +390,62 @@ def test_killed_worker_leaves_no_partial_data_and_the_sensor_completes_the_date(
         f"killed run {killed.dagster_run.run_id[:8]}: FAILURE ({failure_text.strip()[:160]})",
         f"sensor rerun {rerun.dagster_run.run_id[:8]} (attempt 1): SUCCESS",
         f"rows of {KILL_DAY} in each of the {len(counts)} table versions: {sorted(set(counts.values()))} (never partial)",
+    ])
+
+
+def test_status_reports_the_history_the_daemon_and_the_sensor_made(deployment):
+    """Issue 6 on real retries: ``backfill-platform status`` over the history above (step retries by
+    the RetryPolicy, a killed run, rerun-sensor reruns and give-ups), exact numbers."""
+    instance = deployment["instance"]
+    result = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "backfill-platform"), "status",
+         "--from", "2024-02-01", "--to", KILL_DAY, "--format", "json"],
+        env=deployment["env"], capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr  # 1: some business day failed
+    report = json.loads(result.stdout)
+    dates = {d["date"]: d for d in report["dates"]}
+    # coverage: 28 business days (20 in February 2024, 8 in March up to the 12th), 13 other days
+    assert report["business_days"] == 28
+    assert report["counts"] == {"materialized": 22, "failed": 2, "missing": 4, "in flight": 0, "not a business day": 13}
+    assert [d for d, v in dates.items() if v["state"] == "missing"] == ["2024-03-01", "2024-03-04", "2024-03-05", "2024-03-11"]
+    assert dates["2024-02-19"]["reason"] == "holiday: Washington's Birthday"  # pandas' name for Presidents Day
+
+    # per-date run attempts, from the runs the daemon and the sensor launched
+    s2_run = next(r for r in _destination_runs(instance) if _dates(r.dagster_run) == OVERLAP)
+    s2_step_retries = _attempts(instance, s2_run.dagster_run.run_id) - 1
+    for day in FEBRUARY:
+        runs = 2 if day in OVERLAP else 1  # S1's chunk, and S2's run for the overlapping days
+        assert (dates[day]["attempts"], dates[day]["last_status"]) == (runs, "SUCCESS"), dates[day]
+        # each S1 chunk needed exactly 2 step retries (2024-02-07 and 2024-02-28 fail twice);
+        # S2 needed what its dates' remaining injected failures asked for
+        retries = 2 + (s2_step_retries if day in OVERLAP else 0)
+        assert dates[day]["step_retries_before_success"] == retries and dates[day]["failed_runs_before_success"] == 0
+        assert dates[day]["succeeded_after_retries"] is True
+    assert (dates[KILL_DAY]["attempts"], dates[KILL_DAY]["failed_runs_before_success"]) == (2, 1)
+    assert (dates["2024-03-07"]["attempts"], dates["2024-03-07"]["failed_runs_before_success"]) == (2, 1)
+    assert [dates[d]["attempts"] for d in (LOGIC_DAY, HOPELESS_DAY)] == [1, 3]
+    assert "injected data-quality failure" in dates[LOGIC_DAY]["last_error"]
+    # the last attempt's own error, not Dagster's "Exceeded max_retries of 3" wrapper
+    assert "connection reset" in dates[HOPELESS_DAY]["last_error"], dates[HOPELESS_DAY]["last_error"]
+    assert dates[HOPELESS_DAY]["last_error"].endswith(f"(after max_retries of {STEP_RETRIES})")
+
+    analytics = report["analytics"]
+    landed_after_retries = [entry["date"] for entry in analytics["succeeded_after_retries"]]
+    assert landed_after_retries == sorted([*FEBRUARY, "2024-03-07", KILL_DAY])
+    # attempt n = the n-th run of a date since its last success
+    assert analytics["success_rate_by_attempt"] == {
+        "1": {"attempts": 34, "succeeded": 30, "rate": round(30 / 34, 4)},  # 20 + 10 Feb, 3 chunk, kill
+        "2": {"attempts": 3, "succeeded": 2, "rate": round(2 / 3, 4)},  # 03-07 and kill rerun; 03-08
+        "3": {"attempts": 1, "succeeded": 0, "rate": 0.0},  # 03-08's last rerun
+    }
+    give_ups = {g["date"]: g for g in analytics["give_ups"]}
+    assert sorted(give_ups) == [LOGIC_DAY, HOPELESS_DAY]
+    assert "logic" in give_ups[LOGIC_DAY]["reason"] and "limit 2" in give_ups[HOPELESS_DAY]["reason"]
+    assert analytics["retry_runs"] == 4  # sensor reruns: 03-07 once, 03-08 twice, the killed date once
+    assert analytics["step_retries"] == 4 + s2_step_retries + 2 * STEP_RETRIES  # + 03-08's two reruns
+    _report("issue 6: status over this history", [
+        report["summary"],
+        f"succeeded only after retries: {len(landed_after_retries)} dates; give-ups: {sorted(give_ups)}; "
+        f"success rate by attempt: {analytics['success_rate_by_attempt']}",
     ])
