@@ -251,7 +251,6 @@ def daemon_is_running(instance: dg.DagsterInstance) -> bool:
         return False
 
 
-
 class KeepDaemon:
     """Keep one ``dagster-daemon`` serving the instance for as long as a command waits on it.
 

@@ -114,6 +114,48 @@ class BusinessDayPartitionsDefinition(dg.DailyPartitionsDefinition):
                 ) from None
             raise error
 
+    # Speed (issue 5: the rerun sensor's tick over ~1,750 partitions). Dagster validates keys, e.g.
+    # while building the partition status cache, with has_partition_key, which walks the exclusion
+    # schedules for every key, and its lru_cached methods hash the definition through a repr that
+    # lists every exclusion. Both answers are the same when computed once.
+
+    def __hash__(self) -> int:
+        cached = self.__dict__.get("_cached_hash")
+        if cached is None:
+            cached = super().__hash__()
+            object.__setattr__(self, "_cached_hash", cached)  # the definition is immutable
+        return cached
+
+    def _excluded_dates(self) -> frozenset[dt.date] | None:
+        """The excluded dates, when the exclusions are the weekend cron plus dates (the only shape
+        ``build_business_day_partitions`` makes); None otherwise."""
+        cached = self.__dict__.get("_cached_excluded")
+        if cached is None:
+            crons = [e for e in self.exclusions if isinstance(e, str)]
+            dates = [e for e in self.exclusions if not isinstance(e, str)]
+            tz = ZoneInfo(self.timezone)
+            cached = (
+                frozenset(dt.datetime.fromtimestamp(e.timestamp, tz).date() for e in dates)
+                if crons == [WEEKEND_CRON] and self.fmt == "%Y-%m-%d" and self.end is None
+                else False
+            )
+            object.__setattr__(self, "_cached_excluded", cached)
+        return cached or None
+
+    def has_partition_key(self, partition_key: str) -> bool:
+        """Dagster's answer (test_partitions checks they agree), from a set of excluded dates."""
+        excluded = self._excluded_dates()
+        if excluded is None:
+            return super().has_partition_key(partition_key)
+        try:
+            day = dt.date.fromisoformat(partition_key)
+        except (TypeError, ValueError):
+            return False
+        if day.isoformat() != partition_key or day.weekday() >= 5 or day in excluded or day < self.start.date():
+            return False
+        last = self.get_last_partition_key()
+        return last is not None and partition_key <= last
+
 
 def build_business_day_partitions(
     settings: Settings, calendar: BusinessCalendar

@@ -104,3 +104,19 @@ def test_business_days_between_takes_non_business_ends_and_rejects_reversed_rang
         business_days_between("2024-07-05", "2024-07-01", now=NOW)
     with pytest.raises(InvalidPartitionDateError, match="no business day"):
         business_days_between("2024-07-04", "2024-07-04", now=NOW)
+
+
+def test_fast_has_partition_key_agrees_with_dagsters_own_check():
+    """The subclass answers has_partition_key from a set of excluded dates (speed: the rerun sensor's
+    status cache validates ~1,750 keys); it must give Dagster's answer for every day and bad key."""
+    from dagster._core.definitions.partitions.definition.time_window import TimeWindowPartitionsDefinition
+
+    start = dt.date(2023, 12, 20)  # before the first partition .. past today (future days are not partitions)
+    keys = [(start + dt.timedelta(days=i)).isoformat() for i in range((dt.date.today() - start).days + 40)]
+    keys += ["2024-1-5", "2024-02-30", "2024-07-04T00:00", "", "20240705", "2024-07-05 "]
+    ours = {key: business_day_partitions.has_partition_key(key) for key in keys}
+    dagsters = {key: TimeWindowPartitionsDefinition.has_partition_key(business_day_partitions, key) for key in keys}
+    assert ours == dagsters
+    assert ours["2024-07-05"] and not ours["2024-07-04"] and not ours["2024-07-06"] and not ours["2024-1-5"]
+    assert sum(ours.values()) == len(business_day_partitions.get_partition_keys())
+    assert hash(business_day_partitions) == TimeWindowPartitionsDefinition.__hash__(business_day_partitions)

@@ -12,6 +12,7 @@ evaluated several times with its cursor, as the daemon would.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import statistics
@@ -62,6 +63,11 @@ def main(single_runs: int) -> None:
             print(f"tick {tick}: {timings[-1] * 1000:.0f} ms, {len(result.run_requests)} reruns requested, "
                   f"cursor {len(cursor or '') / 1024:.0f} KiB")
         print(f"first tick {timings[0] * 1000:.0f} ms; later ticks median {statistics.median(timings[1:]) * 1000:.0f} ms")
+        # last line: the figures for bench/run.py
+        print(json.dumps({
+            "partitions": len(keys), "failed_runs": 1 + single_runs,
+            "first_tick_s": round(timings[0], 3), "later_ticks_median_s": round(statistics.median(timings[1:]), 3),
+        }))
 
 
 if __name__ == "__main__":
