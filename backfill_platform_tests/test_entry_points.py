@@ -220,13 +220,6 @@ def test_backfill_platform_cli_is_the_main_job(spark, settings, resources, tmp_p
     assert rows_per_date(spark, tables.destination) == expected
 
 
-def _wait_for(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f} s waiting for {what}"
-        time.sleep(0.5)
-
-
 def test_keep_daemon_replaces_a_dead_daemon_and_leaves_no_stale_heartbeats(tmp_path):
     """What the CLI does while it waits: the daemon it started dies -> it starts another; when the
     CLI ends, the instance shows no live daemon at once (not 30 s of stale heartbeats)."""
@@ -238,12 +231,12 @@ def test_keep_daemon_replaces_a_dead_daemon_and_leaves_no_stale_heartbeats(tmp_p
         with keeper:
             first = keeper.daemon
             assert first is not None and said == ["No dagster-daemon is running for this instance: starting one for this backfill."]
-            _wait_for(lambda: daemon_is_running(instance), 180, "the first daemon's heartbeats")
+            wait_until(lambda: daemon_is_running(instance), 180, "the first daemon's heartbeats", poll_s=0.5)
             os.killpg(first.process.pid, signal.SIGKILL)
-            _wait_for(lambda: keeper.daemon is not first, 30, "a replacement daemon")
+            wait_until(lambda: keeper.daemon is not first, 30, "a replacement daemon", poll_s=0.5)
             assert said[1].startswith("The dagster-daemon this command started exited with code -9"), said
             second = keeper.daemon
-            _wait_for(lambda: second.process.poll() is None and daemon_is_running(instance), 180, "the second daemon")
+            wait_until(lambda: second.process.poll() is None and daemon_is_running(instance), 180, "the second daemon", poll_s=0.5)
         assert second.process.poll() is not None  # stopped on exit
         assert not daemon_is_running(instance)  # its heartbeats were wiped
         assert len(said) == 2, said
