@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from backfill_platform import checks
 from backfill_platform.assets import destination_data, source_data
 from backfill_platform.assets.tables_schema import POSITION_COLUMNS
+from backfill_platform.backfills import stop_process_group
 from backfill_platform.resources import local_resources
 from backfill_platform.settings import Settings
 from backfill_platform.settings import PROJECT_ROOT
@@ -210,12 +210,7 @@ def webserver(home, settings):
                 time.sleep(0.5)
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, timeout_s=20)
         log.close()
 
 

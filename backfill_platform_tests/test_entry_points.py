@@ -19,7 +19,13 @@ from contextlib import contextmanager
 import dagster as dg
 import pytest
 
-from backfill_platform.backfills import DaemonProcess, KeepDaemon, daemon_is_running, initialize_instance_storage
+from backfill_platform.backfills import (
+    DaemonProcess,
+    KeepDaemon,
+    daemon_is_running,
+    initialize_instance_storage,
+    stop_process_group,
+)
 from backfill_platform.settings import PROJECT_ROOT
 from backfill_platform_tests.conftest import free_port, make_dagster_home, subprocess_env
 from backfill_platform_tests.helpers import delta_version, rows_per_date, seed_source
@@ -44,13 +50,7 @@ def running(command: list[str], env: dict[str, str], log_path):
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_process_group(process)
 
 
 def graphql(port: int, query: str, variables: dict | None = None) -> dict:
