@@ -8,33 +8,13 @@ asset's backfill policy, through the run queue. Nothing here loops over dates or
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import dagster as dg
-from dagster._core.definitions.selector import (
-    PartitionRangeSelector,
-    PartitionsByAssetSelector,
-    PartitionsSelector,
-)
-from dagster._core.execution.backfill import (
-    BULK_ACTION_TERMINAL_STATUSES,
-    BulkActionStatus,
-    PartitionBackfill,
-)
-from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
-from dagster._core.utils import make_new_backfill_id
 
-from backfill_platform.settings import PROJECT_ROOT
-
-DESTINATION = dg.AssetKey("destination_data")
-PREREQUISITES = (dg.AssetKey("source_data"), dg.AssetKey("business_calendar"))
+from backfill_platform import dagster_internals
+from backfill_platform.tags import BACKFILL, DESTINATION
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +28,7 @@ class BackfillProgress:
 
     @property
     def done(self) -> bool:
-        return self.status in {s.value for s in BULK_ACTION_TERMINAL_STATUSES}
+        return self.status in dagster_internals.BACKFILL_TERMINAL_STATUSES
 
     def line(self) -> str:
         return (
@@ -68,26 +48,15 @@ def launch_destination_backfill(
     run_config: dict | None = None,
 ) -> str:
     """Store an asset backfill of ``destination_data`` over the given keys; return its id."""
-    asset_graph = defs.resolve_asset_graph()
-    selectors = [PartitionsByAssetSelector(asset_key=key) for key in include_prerequisites]
-    ranges = [PartitionRangeSelector(start=start, end=end) for start, end in _contiguous_runs(partition_keys, defs)]
-    selectors.append(
-        PartitionsByAssetSelector(asset_key=DESTINATION, partitions=PartitionsSelector(ranges=ranges))
-    )
-    backfill_id = make_new_backfill_id()
-    backfill = PartitionBackfill.from_partitions_by_assets(
-        backfill_id=backfill_id,
-        asset_graph=asset_graph,
-        backfill_timestamp=time.time(),
+    return dagster_internals.store_asset_backfill(
+        instance,
+        defs.resolve_asset_graph(),
+        whole_assets=include_prerequisites,
+        partition_ranges={DESTINATION: _contiguous_runs(partition_keys, defs)},
         tags=tags or {},
-        dynamic_partitions_store=instance,
-        partitions_by_assets=selectors,
         title=title,
-        description=None,
         run_config=run_config,
     )
-    instance.add_backfill(backfill)
-    return backfill_id
 
 
 def _contiguous_runs(keys: Sequence[str], defs: dg.Definitions) -> list[tuple[str, str]]:
@@ -142,14 +111,14 @@ def failed_partitions(instance: dg.DagsterInstance, backfill_id: str) -> list[st
 
 
 def backfill_runs(instance: dg.DagsterInstance, backfill_id: str) -> list[dg.DagsterRun]:
-    return list(instance.get_runs(filters=RunsFilter(tags={"dagster/backfill": backfill_id})))
+    return list(instance.get_runs(filters=dg.RunsFilter(tags={BACKFILL: backfill_id})))
 
 
 def rows_written(instance: dg.DagsterInstance, backfill_id: str) -> int:
     """Rows the backfill's successful runs wrote to destination_data (from their metadata)."""
     total = 0
     for run in backfill_runs(instance, backfill_id):
-        if run.status != DagsterRunStatus.SUCCESS:
+        if run.status != dg.DagsterRunStatus.SUCCESS:
             continue
         records = instance.get_records_for_run(
             run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
@@ -182,150 +151,3 @@ def wait_for_backfill(
         if time.monotonic() > deadline:
             raise TimeoutError(f"backfill {backfill_id} still {progress.status} after {timeout_s:.0f}s")
         time.sleep(poll_s)
-
-
-def stop_process_group(process: subprocess.Popen | None, timeout_s: float = 30) -> None:
-    """SIGTERM a process started with ``start_new_session=True`` and its children; SIGKILL after
-    ``timeout_s``."""
-    if process is None or process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-class DaemonProcess:
-    """``dagster-daemon run`` for the project's workspace, started and stopped by its owner."""
-
-    def __init__(self, dagster_home: Path, env: dict[str, str] | None = None, log_path: Path | None = None):
-        self.dagster_home = Path(dagster_home)
-        self.env = {**os.environ, **(env or {}), "DAGSTER_HOME": str(self.dagster_home)}
-        self.log_path = log_path or self.dagster_home / "daemon.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> DaemonProcess:
-        initialize_instance_storage(self.dagster_home)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "dagster._daemon", "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
-            cwd=PROJECT_ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        return self
-
-    def stop(self, timeout_s: float = 30) -> None:
-        stop_process_group(self.process, timeout_s)
-
-    def __enter__(self) -> DaemonProcess:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-def initialize_instance_storage(dagster_home: Path) -> None:
-    """Create the instance's SQLite schema now, in this process.
-
-    A fresh DAGSTER_HOME whose schema is first created by two processes at once (a daemon starting
-    while ``dagster job backfill`` or the webserver starts) can fail with "table alembic_version
-    already exists" and kill the daemon; creating it here first avoids that race.
-    """
-    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
-        instance.get_runs(limit=1)
-
-
-def daemon_is_running(instance: dg.DagsterInstance) -> bool:
-    from dagster._daemon.controller import all_daemons_live
-
-    try:
-        return all_daemons_live(instance, heartbeat_tolerance_seconds=30)
-    except Exception:
-        return False
-
-
-class KeepDaemon:
-    """Keep one ``dagster-daemon`` serving the instance for as long as a command waits on it.
-
-    On entry it starts a daemon when none sends heartbeats; while the command waits, a background
-    check (every ``check_every_s``) starts another one if the daemon it started exited, or if the
-    daemon that was running before stopped sending heartbeats. On exit it stops the daemon it
-    started and wipes the heartbeats that daemon left, so the next command does not take the last
-    ones (up to 30 s old) for a live daemon and wait for a queue that nobody serves.
-    """
-
-    def __init__(
-        self,
-        instance: dg.DagsterInstance,
-        dagster_home: Path,
-        say: Callable[[str], None],
-        check_every_s: float = 10.0,
-    ):
-        self.instance = instance
-        self.dagster_home = Path(dagster_home)
-        self.say = say
-        self.check_every_s = check_every_s
-        self.daemon: DaemonProcess | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def check(self) -> None:
-        if self.daemon is not None:
-            code = self.daemon.process.poll()
-            if code is None:
-                return
-            message = (
-                f"The dagster-daemon this command started exited with code {code} (log: "
-                f"{self.daemon.log_path}); starting another one."
-            )
-        elif daemon_is_running(self.instance):
-            return
-        elif self._thread is not None:
-            message = "The dagster-daemon serving this instance stopped sending heartbeats; starting one."
-        else:
-            message = "No dagster-daemon is running for this instance: starting one for this backfill."
-        self.say(message)
-        self.daemon = DaemonProcess(self.dagster_home).start()
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.check_every_s):
-            try:
-                self.check()
-            except Exception as error:  # a failed check must not end the command's wait
-                self.say(f"Could not check the dagster-daemon ({type(error).__name__}: {error}); will retry.")
-
-    def __enter__(self) -> KeepDaemon:
-        self.check()
-        self._thread = threading.Thread(target=self._watch, name="keep-dagster-daemon", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self.daemon is not None:
-            self.daemon.stop()
-            self.instance.wipe_daemon_heartbeats()
-
-
-__all__ = [
-    "BackfillProgress",
-    "BulkActionStatus",
-    "DaemonProcess",
-    "KeepDaemon",
-    "backfill_progress",
-    "backfill_runs",
-    "daemon_is_running",
-    "failed_partitions",
-    "launch_destination_backfill",
-    "rows_written",
-    "wait_for_backfill",
-]

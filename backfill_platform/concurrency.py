@@ -24,20 +24,17 @@ Everything else (``max_concurrent_runs``, other tag limits, pools) is the queued
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Mapping
 from typing import Any
 
+import dagster as dg
 from dagster import Field, IntSource
-from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
-from dagster._core.run_coordinator.queued_run_coordinator import RunQueueConfig
-from dagster._core.storage.dagster_run import DagsterRun
-from dagster._serdes import ConfigurableClassData
 
+from backfill_platform.partitions import BusinessDays
+from backfill_platform.settings import load_settings
 from backfill_platform.tags import DATE_SLOT_PREFIX, DATE_SLOTS_STATUS
 
-PARTITION_TAG = "dagster/partition"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
 DEFAULT_PARTITION_SLOTS = 128
 
 
@@ -45,25 +42,8 @@ def slot_key(day: dt.date, slots: int) -> str:
     return f"{DATE_SLOT_PREFIX}{day.toordinal() % slots:03d}"
 
 
-def run_dates(tags: Mapping[str, str]) -> list[dt.date] | None:
-    """The business dates a run processes, from its partition tags (None: not date-partitioned)."""
-    try:
-        if tags.get(PARTITION_TAG):
-            return [dt.date.fromisoformat(tags[PARTITION_TAG])]
-        start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
-        if start and end:
-            from backfill_platform.partitions import business_day_partitions
-            from dagster import PartitionKeyRange
-
-            keys = business_day_partitions.get_partition_keys_in_range(PartitionKeyRange(start, end))
-            return [dt.date.fromisoformat(key) for key in keys]
-    except ValueError:
-        return None
-    return None
-
-
-def date_slot_tags(tags: Mapping[str, str], slots: int) -> dict[str, str]:
-    dates = run_dates(tags)
+def date_slot_tags(tags: Mapping[str, str], slots: int, business_days: BusinessDays) -> dict[str, str]:
+    dates = business_days.run_dates(tags)
     if not dates:
         return {}
     if (dates[-1] - dates[0]).days >= slots:
@@ -71,7 +51,7 @@ def date_slot_tags(tags: Mapping[str, str], slots: int) -> dict[str, str]:
     return {slot_key(day, slots): day.isoformat() for day in dates}
 
 
-class PartitionSlotRunCoordinator(QueuedRunCoordinator):
+class PartitionSlotRunCoordinator(dg.QueuedRunCoordinator):
     """``QueuedRunCoordinator`` + at most one queued-and-started run per business date."""
 
     def __init__(self, partition_slots: int | None = None, **kwargs: Any):
@@ -80,7 +60,7 @@ class PartitionSlotRunCoordinator(QueuedRunCoordinator):
 
     @classmethod
     def config_type(cls):
-        schema = dict(QueuedRunCoordinator.config_type())
+        schema = dict(dg.QueuedRunCoordinator.config_type())
         schema["partition_slots"] = Field(
             IntSource,
             is_required=False,
@@ -89,7 +69,7 @@ class PartitionSlotRunCoordinator(QueuedRunCoordinator):
         return schema
 
     @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]):
+    def from_config_value(cls, inst_data, config_value: Mapping[str, Any]):
         return cls(
             inst_data=inst_data,
             partition_slots=config_value.get("partition_slots"),
@@ -107,7 +87,13 @@ class PartitionSlotRunCoordinator(QueuedRunCoordinator):
     def partition_slots(self) -> int:
         return self._partition_slots
 
-    def get_run_queue_config(self) -> RunQueueConfig:
+    @functools.cached_property
+    def business_days(self) -> BusinessDays:
+        """The calendar of this instance's code location (the daemon's / webserver's environment),
+        built on the first submission, not when the instance loads."""
+        return BusinessDays.from_settings(load_settings().calendar)
+
+    def get_run_queue_config(self):
         config = super().get_run_queue_config()
         slot_limits = [
             {"key": f"{DATE_SLOT_PREFIX}{slot:03d}", "limit": 1, "value": {"applyLimitPerUniqueValue": True}}
@@ -115,9 +101,9 @@ class PartitionSlotRunCoordinator(QueuedRunCoordinator):
         ]
         return config._replace(tag_concurrency_limits=[*config.tag_concurrency_limits, *slot_limits])
 
-    def submit_run(self, context: SubmitRunContext) -> DagsterRun:
+    def submit_run(self, context: dg.SubmitRunContext) -> dg.DagsterRun:
         run = context.dagster_run
-        extra = date_slot_tags(run.tags, self._partition_slots)
+        extra = date_slot_tags(run.tags, self._partition_slots, self.business_days)
         if extra:
             self._instance.add_run_tags(run.run_id, extra)
             if extra.get(DATE_SLOTS_STATUS) == "unprotected":
@@ -127,5 +113,5 @@ class PartitionSlotRunCoordinator(QueuedRunCoordinator):
                     run,
                 )
             run = self._instance.get_run_by_id(run.run_id) or run
-            context = SubmitRunContext(run, context.workspace)
+            context = dg.SubmitRunContext(run, context.workspace)
         return super().submit_run(context)

@@ -2,12 +2,13 @@
 
 import dagster as dg
 
-from backfill_platform.assets.destination import destination_data
-from backfill_platform.partitions import business_day_partitions
+from backfill_platform import tags
 
-destination_data_job = dg.define_asset_job(
-    "destination_data_job",
-    selection=[destination_data],
-    partitions_def=business_day_partitions,
-    description="Materialize destination_data for one business day (or a range of them).",
-)
+
+def build_destination_job(partitions_def: dg.PartitionsDefinition):
+    return dg.define_asset_job(
+        tags.DESTINATION_JOB,
+        selection=[tags.DESTINATION],
+        partitions_def=partitions_def,
+        description="Materialize destination_data for one business day (or a range of them).",
+    )

@@ -17,61 +17,40 @@ If the CLI is stopped, runs already submitted finish; ``backfill --reprocess mis
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import dagster as dg
-from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
-from backfill_platform import tags as platform_tags
-from backfill_platform.reports.history import RANGE_END_TAG, RANGE_START_TAG
+from backfill_platform import dagster_internals, tags
+from backfill_platform.processes import WORKSPACE_YAML
 from backfill_platform.reports.plan import PlannedRun
-from backfill_platform.settings import PROJECT_ROOT
 
-JOB_NAME = "destination_data_job"
-PRIORITY_TAG = "dagster/priority"
 UNFINISHED = {
-    DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING, DagsterRunStatus.MANAGED,
+    dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.MANAGED,
 }
 
 
-@contextlib.contextmanager
-def project_workspace(instance: dg.DagsterInstance) -> Iterator[object]:
-    """The project's workspace (workspace.yaml), loaded like the daemon and webserver load it."""
-    from dagster._core.workspace.context import WorkspaceProcessContext
-    from dagster._core.workspace.load_target import WorkspaceFileTarget
-    from dagster.version import __version__
-
-    with WorkspaceProcessContext(
-        instance=instance,
-        version=__version__,
-        read_only=False,
-        workspace_load_target=WorkspaceFileTarget(paths=[str(PROJECT_ROOT / "workspace.yaml")]),
-    ) as process_context:
-        yield process_context.create_request_context()
-
-
 def chunk_tags(run: PlannedRun, base_tags: Mapping[str, str], launch_id: str, priority: int | None) -> dict[str, str]:
-    tags = {
+    run_tags = {
         **base_tags,
-        RANGE_START_TAG: run.first,
-        RANGE_END_TAG: run.last,
-        platform_tags.LAUNCH_ID: launch_id,
-        platform_tags.REQUESTED_BY: base_tags.get(platform_tags.REQUESTED_BY, "cli"),
+        tags.RANGE_START: run.first,
+        tags.RANGE_END: run.last,
+        tags.LAUNCH_ID: launch_id,
+        tags.REQUESTED_BY: base_tags.get(tags.REQUESTED_BY, "cli"),
     }
     if priority is not None:
-        tags[PRIORITY_TAG] = str(priority)
-    return tags
+        run_tags[tags.PRIORITY] = str(priority)
+    return run_tags
 
 
 def launch_chunks(
     instance: dg.DagsterInstance,
     runs: Sequence[PlannedRun],
     *,
-    tags: Mapping[str, str] | None = None,
+    base_tags: Mapping[str, str] | None = None,
     run_config: Mapping[str, object] | None = None,
     newest_first: bool = False,
     max_concurrent: int | None = None,
@@ -80,43 +59,24 @@ def launch_chunks(
     timeout_s: float = 6 * 3600,
 ) -> str:
     """Submit one queued run per chunk (in the given order); return the launch id."""
-    from dagster._cli.job import _create_run
-    from dagster._cli.workspace.cli_target import (
-        get_code_location_from_workspace,
-        get_remote_job_from_remote_repo,
-        get_remote_repository_from_code_location,
-    )
-
     launch_id = uuid.uuid4().hex[:12]
     deadline = time.monotonic() + timeout_s
-    with project_workspace(instance) as workspace:
-        location = get_code_location_from_workspace(workspace, None)
-        repo = get_remote_repository_from_code_location(location, None)
-        job = get_remote_job_from_remote_repo(repo, JOB_NAME)
+    with dagster_internals.project_workspace(instance, WORKSPACE_YAML) as workspace:
+        submitter = dagster_internals.JobSubmitter(instance, workspace, tags.DESTINATION_JOB)
         for i, run in enumerate(runs):
             while max_concurrent and len(unfinished_runs(instance, launch_id)) >= max_concurrent:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"launch {launch_id}: still waiting to submit after {timeout_s:.0f}s")
                 time.sleep(poll_s)
             priority = len(runs) - i if newest_first else None
-            created = _create_run(
-                instance=instance,
-                code_location=location,
-                remote_repo=repo,
-                remote_job=job,
-                run_config=dict(run_config or {}),
-                tags=chunk_tags(run, tags or {}, launch_id, priority),
-                op_selection=None,
-                run_id=None,
-            )
-            instance.submit_run(created.run_id, workspace)
+            run_id = submitter.submit(run_config, chunk_tags(run, base_tags or {}, launch_id, priority))
             if on_submit:
-                on_submit(run, created.run_id)
+                on_submit(run, run_id)
     return launch_id
 
 
 def launch_runs(instance: dg.DagsterInstance, launch_id: str) -> list[dg.DagsterRun]:
-    return list(instance.get_runs(filters=RunsFilter(tags={platform_tags.LAUNCH_ID: launch_id})))
+    return list(instance.get_runs(filters=dg.RunsFilter(tags={tags.LAUNCH_ID: launch_id})))
 
 
 def unfinished_runs(instance: dg.DagsterInstance, launch_id: str) -> list[dg.DagsterRun]:
@@ -132,7 +92,7 @@ def wait_for_launch(
     while True:
         runs = launch_runs(instance, launch_id)
         done = [r for r in runs if r.status not in UNFINISHED]
-        ok = sum(1 for r in done if r.status == DagsterRunStatus.SUCCESS)
+        ok = sum(1 for r in done if r.status == dg.DagsterRunStatus.SUCCESS)
         line = f"[{'done' if len(done) == len(runs) else 'running'}] {len(done)}/{len(runs)} runs finished, {ok} succeeded"
         if on_progress and line != last:
             on_progress(line)

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from zoneinfo import ZoneInfo
 
 import dagster as dg
-from dagster._core.errors import DagsterUnknownPartitionError
 
-from backfill_platform.settings import Settings, SettingsError, load_settings
+from backfill_platform import tags
+from backfill_platform.settings import CalendarSettings, SettingsError
 
 TIMEZONE = "America/New_York"
 WEEKEND_CRON = "0 0 * * 0,6"  # Saturdays and Sundays, at the start of their daily window
@@ -48,7 +48,7 @@ class BusinessCalendar:
     last_day: dt.date
 
     @classmethod
-    def from_settings(cls, settings: Settings, last_day: dt.date | None = None) -> BusinessCalendar:
+    def from_settings(cls, settings: CalendarSettings, last_day: dt.date | None = None) -> BusinessCalendar:
         # Holidays are listed to the end of next year, so that every partition up to today (and the
         # calendar table's default range) is covered whatever the start date.
         today = dt.date.today()
@@ -70,9 +70,6 @@ class BusinessCalendar:
             reason = name if name.startswith("closure: ") else f"holiday: {name}"
             return DayVerdict(day, False, reason)
         return DayVerdict(day, True, "business day")
-
-    def is_business_day(self, day: dt.date) -> bool:
-        return self.explain(day).is_business_day
 
     def weekday_holidays(self) -> list[dt.date]:
         """Holidays and closures that fall on a weekday (weekend ones are excluded anyway)."""
@@ -105,11 +102,14 @@ class BusinessDayPartitionsDefinition(dg.DailyPartitionsDefinition):
     def validate_partition_key(self, partition_key: str, context) -> None:
         try:
             super().validate_partition_key(partition_key, context)
-        except DagsterUnknownPartitionError as error:
+        except dg.DagsterUnknownPartitionError as error:
+            calendar = self.__dict__.get("_calendar")
+            if calendar is None:
+                raise
             try:
-                parse_partition_date(partition_key, partitions_def=self)
+                BusinessDays(calendar, self).parse_date(partition_key)
             except InvalidPartitionDateError as reason:
-                raise DagsterUnknownPartitionError(
+                raise dg.DagsterUnknownPartitionError(
                     f"Could not find a partition with key `{partition_key}`: {reason}"
                 ) from None
             raise error
@@ -158,8 +158,8 @@ class BusinessDayPartitionsDefinition(dg.DailyPartitionsDefinition):
 
 
 def build_business_day_partitions(
-    settings: Settings, calendar: BusinessCalendar
-) -> dg.DailyPartitionsDefinition:
+    settings: CalendarSettings, calendar: BusinessCalendar
+) -> BusinessDayPartitionsDefinition:
     tz = ZoneInfo(TIMEZONE)
     exclusions: list[str | dt.datetime] = [WEEKEND_CRON]
     exclusions += [
@@ -167,16 +167,14 @@ def build_business_day_partitions(
         for day in calendar.weekday_holidays()
         if day >= settings.start_date
     ]
-    return BusinessDayPartitionsDefinition(
+    partitions_def = BusinessDayPartitionsDefinition(
         start_date=settings.start_date.isoformat(),
         timezone=TIMEZONE,
         fmt="%Y-%m-%d",
         exclusions=exclusions,
     )
-
-
-business_calendar_days = BusinessCalendar.from_settings(load_settings())
-business_day_partitions = build_business_day_partitions(load_settings(), business_calendar_days)
+    object.__setattr__(partitions_def, "_calendar", calendar)  # for validate_partition_key's reasons
+    return partitions_def
 
 
 def parse_iso_date(value: str) -> dt.date:
@@ -194,81 +192,103 @@ def parse_iso_date(value: str) -> dt.date:
         ) from None
 
 
-def parse_partition_date(
-    value: str,
-    *,
-    partitions_def: dg.DailyPartitionsDefinition = business_day_partitions,
-    calendar: BusinessCalendar = business_calendar_days,
-    now: dt.datetime | None = None,
-) -> dt.date:
-    """Turn user input into a business date that is a partition, or say exactly why it is not.
+@dataclasses.dataclass(frozen=True)
+class BusinessDays:
+    """The calendar and the partitions definition built from it: every question about dates.
 
-    This is the only way a date from outside (CLI, partition key) reaches a SQL string.
+    Built once per code location (``definitions.build_defs``) or per command, from the calendar
+    settings; nothing here reads the environment.
     """
-    day = parse_iso_date(value)
-    start = dt.date.fromisoformat(partitions_def.start.strftime("%Y-%m-%d"))
-    if day < start:
-        raise InvalidPartitionDateError(
-            f"{day} is before the first partition {start} (set BACKFILL_START_DATE to go further back)."
-        )
-    verdict = calendar.explain(day)
-    if not verdict.is_business_day:
-        raise InvalidPartitionDateError(
-            f"{verdict}: not a business day, so it is not a partition of destination_data."
-        )
-    existing = partitions_def.get_partition_keys(current_time=now)
-    last_key = existing[-1] if existing else None
-    if last_key is None or day > dt.date.fromisoformat(last_key):
-        raise InvalidPartitionDateError(
-            f"{day} has not ended yet in {TIMEZONE}: the latest complete business day is {last_key}."
-        )
-    return day
 
+    calendar: BusinessCalendar
+    partitions_def: BusinessDayPartitionsDefinition
 
-def business_days_between(
-    first: str,
-    last: str,
-    *,
-    partitions_def: dg.DailyPartitionsDefinition = business_day_partitions,
-    calendar: BusinessCalendar = business_calendar_days,
-    now: dt.datetime | None = None,
-) -> list[str]:
-    """Partition keys of the business days in [first, last], both ends inclusive.
+    @classmethod
+    def from_settings(cls, settings: CalendarSettings) -> BusinessDays:
+        calendar = BusinessCalendar.from_settings(settings)
+        return cls(calendar, build_business_day_partitions(settings, calendar))
 
-    The ends may be non-business days (a backfill 'from Saturday'), but must be real dates within
-    the partitions' span, and ``first`` must not be after ``last``.
-    """
-    days = []
-    for label, value in (("--from", first), ("--to", last)):
-        try:
-            days.append(parse_partition_date(value, partitions_def=partitions_def, calendar=calendar, now=now))
-        except InvalidPartitionDateError as error:
-            if "not a business day" not in str(error):
-                raise InvalidPartitionDateError(f"{label}: {error}") from None
-            days.append(dt.date.fromisoformat(str(value).strip()))
-    start, end = days
-    if start > end:
-        raise InvalidPartitionDateError(f"--from {start} is after --to {end}.")
-    keys = [
-        key
-        for key in partitions_def.get_partition_keys(current_time=now)
-        if start.isoformat() <= key <= end.isoformat()
-    ]
-    if not keys:
-        raise InvalidPartitionDateError(
-            f"there is no business day between {start} and {end}: "
-            + "; ".join(str(calendar.explain(start + dt.timedelta(days=i))) for i in range((end - start).days + 1))
-        )
-    return keys
+    def parse_date(self, value: str, now: dt.datetime | None = None) -> dt.date:
+        """Turn user input into a business date that is a partition, or say exactly why it is not.
 
-
-def partition_dates(
-    keys: Sequence[str], calendar: BusinessCalendar = business_calendar_days
-) -> list[dt.date]:
-    """Partition keys -> dates, each checked to be a business date (they go into a SQL predicate)."""
-    days = [parse_iso_date(key) for key in keys]
-    for day in days:
-        verdict = calendar.explain(day)
+        This is the only way a date from outside (CLI, partition key) reaches a SQL string.
+        """
+        day = parse_iso_date(value)
+        start = dt.date.fromisoformat(self.partitions_def.start.strftime("%Y-%m-%d"))
+        if day < start:
+            raise InvalidPartitionDateError(
+                f"{day} is before the first partition {start} (set BACKFILL_START_DATE to go further back)."
+            )
+        verdict = self.calendar.explain(day)
         if not verdict.is_business_day:
-            raise InvalidPartitionDateError(f"{verdict}: not a business day, refusing to write it.")
-    return days
+            raise InvalidPartitionDateError(
+                f"{verdict}: not a business day, so it is not a partition of destination_data."
+            )
+        existing = self.partitions_def.get_partition_keys(current_time=now)
+        last_key = existing[-1] if existing else None
+        if last_key is None or day > dt.date.fromisoformat(last_key):
+            raise InvalidPartitionDateError(
+                f"{day} has not ended yet in {TIMEZONE}: the latest complete business day is {last_key}."
+            )
+        return day
+
+    def between(self, first: str, last: str, now: dt.datetime | None = None) -> list[str]:
+        """Partition keys of the business days in [first, last], both ends inclusive.
+
+        The ends may be non-business days (a backfill 'from Saturday'), but must be real dates within
+        the partitions' span, and ``first`` must not be after ``last``.
+        """
+        days = []
+        for label, value in (("--from", first), ("--to", last)):
+            try:
+                days.append(self.parse_date(value, now=now))
+            except InvalidPartitionDateError as error:
+                if "not a business day" not in str(error):
+                    raise InvalidPartitionDateError(f"{label}: {error}") from None
+                days.append(dt.date.fromisoformat(str(value).strip()))
+        start, end = days
+        if start > end:
+            raise InvalidPartitionDateError(f"--from {start} is after --to {end}.")
+        keys = [
+            key
+            for key in self.partitions_def.get_partition_keys(current_time=now)
+            if start.isoformat() <= key <= end.isoformat()
+        ]
+        if not keys:
+            raise InvalidPartitionDateError(
+                f"there is no business day between {start} and {end}: "
+                + "; ".join(
+                    str(self.calendar.explain(start + dt.timedelta(days=i))) for i in range((end - start).days + 1)
+                )
+            )
+        return keys
+
+    def dates_of(self, keys: Sequence[str]) -> list[dt.date]:
+        """Partition keys -> dates, each checked to be a business date (they go into a SQL predicate)."""
+        days = [parse_iso_date(key) for key in keys]
+        for day in days:
+            verdict = self.calendar.explain(day)
+            if not verdict.is_business_day:
+                raise InvalidPartitionDateError(f"{verdict}: not a business day, refusing to write it.")
+        return days
+
+    def run_dates(self, run_tags: Mapping[str, str]) -> list[dt.date] | None:
+        """The business dates a run processes, from its partition tags (None: not date-partitioned).
+
+        The one parser of "which dates does this run cover": the run queue's date slots, the rerun
+        and alert sensors and the status reports all use it.
+        """
+        covered = tags.partition_range(run_tags)
+        if covered is None:
+            return None
+        try:
+            if covered[0] == covered[1]:
+                return [dt.date.fromisoformat(covered[0])]
+            keys = self.partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(*covered))
+            return [dt.date.fromisoformat(key) for key in keys]
+        except (ValueError, dg.DagsterInvariantViolationError, dg.DagsterUnknownPartitionError):
+            return None
+
+    def run_keys(self, run_tags: Mapping[str, str]) -> list[str]:
+        """:meth:`run_dates` as partition keys ([] for a run that is not date-partitioned)."""
+        return [day.isoformat() for day in self.run_dates(run_tags) or []]

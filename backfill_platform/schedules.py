@@ -15,34 +15,31 @@ import datetime as dt
 import dagster as dg
 
 from backfill_platform import tags
-from backfill_platform.partitions import business_day_partitions
 from backfill_platform.settings import Settings
 
 SCHEDULE_NAME = "latest_business_day_schedule"
 
 
-def latest_completed_business_day(at: dt.datetime) -> str | None:
-    from dagster._core.definitions.partitions.context import partition_loading_context
-
-    with partition_loading_context(at):
-        return business_day_partitions.get_last_partition_key()
+def latest_completed_business_day(partitions_def: dg.PartitionsDefinition, at: dt.datetime) -> str | None:
+    with dg.partition_loading_context(at):
+        return partitions_def.get_last_partition_key()
 
 
-def build_business_day_schedule(settings: Settings, job) -> dg.ScheduleDefinition:
+def build_business_day_schedule(settings: Settings, job, partitions_def: dg.PartitionsDefinition) -> dg.ScheduleDefinition:
     default_status = (
-        dg.DefaultScheduleStatus.RUNNING if settings.automation == "running" else dg.DefaultScheduleStatus.STOPPED
+        dg.DefaultScheduleStatus.RUNNING if settings.automation.running else dg.DefaultScheduleStatus.STOPPED
     )
 
     @dg.schedule(
         name=SCHEDULE_NAME,
         job=job,
-        cron_schedule=settings.schedule_cron,
-        execution_timezone=settings.schedule_timezone,
+        cron_schedule=settings.automation.schedule_cron,
+        execution_timezone=settings.automation.schedule_timezone,
         default_status=default_status,
         description="Materialize the latest completed business day of destination_data every business morning.",
     )
     def latest_business_day_schedule(context: dg.ScheduleEvaluationContext):
-        key = latest_completed_business_day(context.scheduled_execution_time)
+        key = latest_completed_business_day(partitions_def, context.scheduled_execution_time)
         if key is None:
             return dg.SkipReason("no business day has completed yet")
         return dg.RunRequest(run_key=key, partition_key=key, tags={tags.REQUESTED_BY: SCHEDULE_NAME})

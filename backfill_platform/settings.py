@@ -1,7 +1,11 @@
 """Every setting of backfill_platform, read from the environment in this one place.
 
-Nothing else in the package reads ``os.environ`` for configuration: modules take a
-:class:`Settings` (usually :func:`load_settings`) so tests can build their own.
+Nothing else in the package reads ``os.environ`` for configuration: ``definitions.py`` calls
+:func:`load_settings` once and builds the code location from that one value
+(``build_defs(settings)``); everything else takes a :class:`Settings` (or one of its sections), so
+tests build their own. :class:`Settings` has one section per concern: ``tables``, ``calendar``,
+``spark`` (local Spark), ``retries``, ``automation`` (sensors and schedule), ``alerts`` and
+``databricks``.
 
 | variable | default | meaning |
 | --- | --- | --- |
@@ -38,8 +42,6 @@ Nothing else in the package reads ``os.environ`` for configuration: modules take
 | ``BACKFILL_ALERT_EMAIL_FROM`` / ``_TO`` | ``backfill-platform@localhost`` / (none) | sender; comma-separated recipients |
 | ``BACKFILL_ALERT_WEBHOOK_URL`` | (none) | Slack-compatible incoming webhook; a secret, read as ``EnvVar`` |
 | ``BACKFILL_DATABRICKS_POOL`` | ``databricks_runs`` | Dagster pool of steps that launch Databricks runs (limit: ``dagster.yaml``) |
-| ``BACKFILL_FAULTS`` | (none) | TEST ONLY, see ``faults.py``: ``2024-03-04=transient:2,2024-03-05=logic,...`` |
-| ``BACKFILL_FAULT_STATE_DIR`` | ``<data dir>/fault-injection`` | TEST ONLY: attempt counters of injected faults |
 | ``BACKFILL_LOG_TABLE`` | ``backfill_log`` | table ``status --export-log`` writes the run history to |
 
 Databricks deployment (read here, checked when the step launcher starts, see ``resources/databricks.py``
@@ -70,7 +72,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +83,9 @@ AUTOMATION_STATUSES = ("running", "stopped")
 
 class SettingsError(ValueError):
     """A setting has a value that cannot work; the message names the variable to fix."""
+
+
+# ------------------------------------------------------------------------------------- parsing
 
 
 def _parse_date(name: str, value: str) -> dt.date:
@@ -105,7 +110,7 @@ def _parse_non_negative_float(name: str, value: str) -> float:
         number = float(value)
     except ValueError:
         number = -1.0
-    if number < 0:
+    if not number >= 0:  # also refuses nan
         raise SettingsError(f"{name}={value!r} must be a number of seconds (0 or more).")
     return number
 
@@ -148,83 +153,143 @@ def _parse_spark_conf(name: str, value: str) -> dict[str, str]:
     return conf
 
 
+def _parse_list(_name: str, value: str) -> tuple[str, ...]:
+    return tuple(filter(None, (part.strip() for part in value.split(","))))
+
+
+def _parse_lower(name: str, value: str) -> str:
+    return value.lower()
+
+
+def _parse_path(_name: str, value: str) -> Path:
+    return Path(value).expanduser().resolve()
+
+
+# ------------------------------------------------------------------------------------ sections
+
+
 @dataclasses.dataclass(frozen=True)
-class Settings:
-    deployment: str = "local"
-    data_dir: Path = PROJECT_ROOT / ".data"
+class TableSettings:
+    """Where the tables are: names (Unity Catalog on Databricks; folders under the data dir locally)."""
+
     catalog: str = "demos"
     schema: str = "backfill_demo"
     source_table: str = "source_data"
     destination_table: str = "destination_data"
     calendar_table: str = "calendar"
+    log_table: str = "backfill_log"
+
+
+@dataclasses.dataclass(frozen=True)
+class CalendarSettings:
+    """Which days are partitions of destination_data (partitions.py)."""
+
     start_date: dt.date = dt.date(2024, 1, 1)
     holiday_calendar: str = "pandas.tseries.holiday:USFederalHolidayCalendar"
     extra_closures: Mapping[dt.date, str] = dataclasses.field(default_factory=dict)
-    max_partitions_per_run: int | None = 60  # None: single run
-    spark_master: str = "local[2]"
-    spark_remote: str = ""
-    spark_jars: str = ""
-    spark_conf: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class SparkSettings:
+    """The local deployment's Spark (resources/spark.py)."""
+
+    master: str = "local[2]"
+    remote: str = ""  # sc://host:port of a warm Spark Connect server; empty: a JVM per run
+    jars: str = ""
+    conf: Mapping[str, str] = dataclasses.field(default_factory=dict)
     jar_cache_dir: Path = Path.home() / ".cache" / "backfill_platform" / "jars"
-    # Retries, reruns, schedule and alerts (backfill_platform/retries.py, sensors/, schedules.py).
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrySettings:
+    """Step retries (``RetryPolicy``) and the rerun sensor's bounds (classification.py, sensors/)."""
+
     step_max_retries: int = 3
     step_retry_delay_seconds: float = 60.0
     rerun_max_attempts: int = 3
     rerun_days_back: int = 7
     rerun_batch_size: int = 20
     rerun_interval_seconds: int = 300
-    alert_interval_seconds: int = 30
-    automation: str = "stopped"
+
+
+@dataclasses.dataclass(frozen=True)
+class AutomationSettings:
+    """Default status of the sensors and the schedule, and the schedule's cron (schedules.py)."""
+
+    status: str = "stopped"
     schedule_cron: str = "0 6 * * 1-5"
     schedule_timezone: str = "America/New_York"
-    ui_url: str = "http://127.0.0.1:3000"
-    alert_smtp_host: str = ""
-    alert_smtp_port: int = 25
-    alert_smtp_user: str = ""
-    alert_smtp_starttls: bool = False
-    alert_smtp_password_set: bool = False  # the value itself is only read through dg.EnvVar
-    alert_email_from: str = "backfill-platform@localhost"
-    alert_email_to: tuple[str, ...] = ()
-    alert_webhook_set: bool = False  # the URL is a secret: only read through dg.EnvVar
-    databricks_pool: str = "databricks_runs"
-    # TEST ONLY (fault injection, see faults.py).
-    faults: str = ""
-    fault_state_dir: Path | None = None
-    log_table: str = "backfill_log"
-    # Databricks deployment: raw values, validated by ``resources.databricks.launcher_config`` when the launcher starts
-    # (never when definitions load). No secrets here.
-    databricks_host: str = ""
-    databricks_client_id: str = ""
-    databricks_cluster_id: str = ""
-    databricks_spark_version: str = ""
-    databricks_node_type: str = ""
-    databricks_num_workers: str = ""
-    databricks_autoscale: str = ""
-    databricks_libraries: str = ""
-    databricks_staging_prefix: str = "/dagster_staging/backfill_platform"
-    databricks_poll_interval_s: str = "5"
-    databricks_max_wait_s: str = "3600"
-    databricks_table_path_root: str = ""
-    databricks_viewer_groups: str = ""
-
-    @property
-    def backfill_policy(self):
-        """Chunks of ``max_partitions_per_run`` business days per run, or one run for all."""
-        import dagster as dg
-
-        if self.max_partitions_per_run is None:
-            return dg.BackfillPolicy.single_run()
-        return dg.BackfillPolicy.multi_run(self.max_partitions_per_run)
 
     def __post_init__(self) -> None:
-        if self.automation not in AUTOMATION_STATUSES:
+        if self.status not in AUTOMATION_STATUSES:
             raise SettingsError(
-                f"BACKFILL_AUTOMATION={self.automation!r} is not one of {', '.join(AUTOMATION_STATUSES)}."
+                f"BACKFILL_AUTOMATION={self.status!r} is not one of {', '.join(AUTOMATION_STATUSES)}."
             )
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+@dataclasses.dataclass(frozen=True)
+class AlertSettings:
+    """Where final failures are sent (sensors/alerts.py). Secrets are only read through ``dg.EnvVar``."""
+
+    interval_seconds: int = 30
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_user: str = ""
+    smtp_starttls: bool = False
+    smtp_password_set: bool = False  # the value itself is only read through dg.EnvVar
+    email_from: str = "backfill-platform@localhost"
+    email_to: tuple[str, ...] = ()
+    webhook_set: bool = False  # the URL is a secret: only read through dg.EnvVar
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabricksSettings:
+    """Raw values, validated by ``resources.databricks.launcher_config`` when the launcher starts
+    (never when definitions load). No secrets here."""
+
+    host: str = ""
+    client_id: str = ""
+    cluster_id: str = ""
+    spark_version: str = ""
+    node_type: str = ""
+    num_workers: str = ""
+    autoscale: str = ""
+    libraries: str = ""
+    staging_prefix: str = "/dagster_staging/backfill_platform"
+    poll_interval_s: str = "5"
+    max_wait_s: str = "3600"
+    table_path_root: str = ""
+    viewer_groups: str = ""
+    pool: str = "databricks_runs"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    deployment: str = "local"
+    data_dir: Path = PROJECT_ROOT / ".data"  # local warehouse and Spark scratch space
+    max_partitions_per_run: int | None = 60  # None: one run per backfill
+    ui_url: str = "http://127.0.0.1:3000"
+    tables: TableSettings = TableSettings()
+    calendar: CalendarSettings = CalendarSettings()
+    spark: SparkSettings = SparkSettings()
+    retries: RetrySettings = RetrySettings()
+    automation: AutomationSettings = AutomationSettings()
+    alerts: AlertSettings = AlertSettings()
+    databricks: DatabricksSettings = DatabricksSettings()
+
+    def __post_init__(self) -> None:
         if self.deployment not in DEPLOYMENTS:
             raise SettingsError(
                 f"BACKFILL_DEPLOYMENT={self.deployment!r} is not one of {', '.join(DEPLOYMENTS)}."
             )
+
+    def replace(self, **changes) -> Settings:
+        """A copy with top-level fields or whole sections replaced."""
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -234,104 +299,73 @@ class Settings:
             value = env.get(name)
             return value.strip() if value and value.strip() else None
 
-        values: dict[str, object] = {}
-        plain = {
-            "BACKFILL_DEPLOYMENT": "deployment",
-            "BACKFILL_CATALOG": "catalog",
-            "BACKFILL_SCHEMA": "schema",
-            "BACKFILL_SOURCE_TABLE": "source_table",
-            "BACKFILL_DESTINATION_TABLE": "destination_table",
-            "BACKFILL_CALENDAR_TABLE": "calendar_table",
-            "BACKFILL_HOLIDAY_CALENDAR": "holiday_calendar",
-            "BACKFILL_SPARK_MASTER": "spark_master",
-            "BACKFILL_SPARK_REMOTE": "spark_remote",
-            "BACKFILL_SPARK_JARS": "spark_jars",
-            "BACKFILL_LOG_TABLE": "log_table",
-            **{f"BACKFILL_{name.upper()}": name for name in DATABRICKS_FIELDS},
-        }
-        for var, field in plain.items():
-            if (value := get(var)) is not None:
-                values[field] = value.lower() if field == "deployment" else value
+        def section(kind: type, variables: Mapping[str, tuple[str, Callable[[str, str], object] | None]]):
+            values = {}
+            for var, (field, parse) in variables.items():
+                if (value := get(var)) is not None:
+                    values[field] = parse(var, value) if parse else value
+            return kind(**values)
+
+        top = {}
+        if (value := get("BACKFILL_DEPLOYMENT")) is not None:
+            top["deployment"] = value.lower()
         if (value := get("BACKFILL_DATA_DIR")) is not None:
-            values["data_dir"] = Path(value).expanduser().resolve()
-        if (value := get("BACKFILL_SPARK_CONF")) is not None:
-            values["spark_conf"] = _parse_spark_conf("BACKFILL_SPARK_CONF", value)
-        if (value := get("BACKFILL_JAR_CACHE")) is not None:
-            values["jar_cache_dir"] = Path(value).expanduser().resolve()
-        if (value := get("BACKFILL_START_DATE")) is not None:
-            values["start_date"] = _parse_date("BACKFILL_START_DATE", value)
-        if (value := get("BACKFILL_EXTRA_CLOSURES")) is not None:
-            values["extra_closures"] = _parse_closures("BACKFILL_EXTRA_CLOSURES", value)
+            top["data_dir"] = _parse_path("BACKFILL_DATA_DIR", value)
+        if (value := get("BACKFILL_UI_URL")) is not None:
+            top["ui_url"] = value
         if (value := get("BACKFILL_MAX_PARTITIONS_PER_RUN")) is not None:
-            values["max_partitions_per_run"] = (
-                None
-                if value.lower() == "all"
-                else _parse_positive_int("BACKFILL_MAX_PARTITIONS_PER_RUN", value)
+            top["max_partitions_per_run"] = (
+                None if value.lower() == "all" else _parse_positive_int("BACKFILL_MAX_PARTITIONS_PER_RUN", value)
             )
-        values.update(_retry_and_alert_values(env, get))
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(
+            **top,
+            tables=section(TableSettings, {f"BACKFILL_{field.upper()}": (field, None) for field in (
+                "catalog", "schema", "source_table", "destination_table", "calendar_table", "log_table")}),
+            calendar=section(CalendarSettings, {
+                "BACKFILL_START_DATE": ("start_date", _parse_date),
+                "BACKFILL_HOLIDAY_CALENDAR": ("holiday_calendar", None),
+                "BACKFILL_EXTRA_CLOSURES": ("extra_closures", _parse_closures),
+            }),
+            spark=section(SparkSettings, {
+                "BACKFILL_SPARK_MASTER": ("master", None),
+                "BACKFILL_SPARK_REMOTE": ("remote", None),
+                "BACKFILL_SPARK_JARS": ("jars", None),
+                "BACKFILL_SPARK_CONF": ("conf", _parse_spark_conf),
+                "BACKFILL_JAR_CACHE": ("jar_cache_dir", _parse_path),
+            }),
+            retries=section(RetrySettings, {
+                "BACKFILL_STEP_MAX_RETRIES": ("step_max_retries", _parse_non_negative_int),
+                "BACKFILL_STEP_RETRY_DELAY_SECONDS": ("step_retry_delay_seconds", _parse_non_negative_float),
+                "BACKFILL_RERUN_MAX_ATTEMPTS": ("rerun_max_attempts", _parse_non_negative_int),
+                "BACKFILL_RERUN_DAYS_BACK": ("rerun_days_back", _parse_positive_int),
+                "BACKFILL_RERUN_BATCH_SIZE": ("rerun_batch_size", _parse_positive_int),
+                "BACKFILL_RERUN_INTERVAL_SECONDS": ("rerun_interval_seconds", _parse_positive_int),
+            }),
+            automation=section(AutomationSettings, {
+                "BACKFILL_AUTOMATION": ("status", _parse_lower),
+                "BACKFILL_SCHEDULE_CRON": ("schedule_cron", None),
+                "BACKFILL_SCHEDULE_TIMEZONE": ("schedule_timezone", None),
+            }),
+            alerts=dataclasses.replace(
+                section(AlertSettings, {
+                    "BACKFILL_ALERT_INTERVAL_SECONDS": ("interval_seconds", _parse_positive_int),
+                    "BACKFILL_ALERT_SMTP_HOST": ("smtp_host", None),
+                    "BACKFILL_ALERT_SMTP_PORT": ("smtp_port", _parse_positive_int),
+                    "BACKFILL_ALERT_SMTP_USER": ("smtp_user", None),
+                    "BACKFILL_ALERT_SMTP_STARTTLS": ("smtp_starttls", _parse_bool),
+                    "BACKFILL_ALERT_EMAIL_FROM": ("email_from", None),
+                    "BACKFILL_ALERT_EMAIL_TO": ("email_to", _parse_list),
+                }),
+                smtp_password_set=get("BACKFILL_ALERT_SMTP_PASSWORD") is not None,
+                webhook_set=get("BACKFILL_ALERT_WEBHOOK_URL") is not None,
+            ),
+            databricks=section(DatabricksSettings, {
+                f"BACKFILL_DATABRICKS_{field.upper()}": (field, None)
+                for field in (f.name for f in dataclasses.fields(DatabricksSettings))
+            }),
+        )
 
 
-def _retry_and_alert_values(env: Mapping[str, str], get) -> dict[str, object]:
-    values: dict[str, object] = {}
-    plain = {
-        "BACKFILL_SCHEDULE_CRON": "schedule_cron",
-        "BACKFILL_SCHEDULE_TIMEZONE": "schedule_timezone",
-        "BACKFILL_UI_URL": "ui_url",
-        "BACKFILL_ALERT_SMTP_HOST": "alert_smtp_host",
-        "BACKFILL_ALERT_SMTP_USER": "alert_smtp_user",
-        "BACKFILL_ALERT_EMAIL_FROM": "alert_email_from",
-        "BACKFILL_DATABRICKS_POOL": "databricks_pool",
-        "BACKFILL_FAULTS": "faults",
-    }
-    for var, field in plain.items():
-        if (value := get(var)) is not None:
-            values[field] = value
-    if (value := get("BACKFILL_AUTOMATION")) is not None:
-        values["automation"] = value.lower()
-    if (value := get("BACKFILL_STEP_RETRY_DELAY_SECONDS")) is not None:
-        values["step_retry_delay_seconds"] = _parse_non_negative_float("BACKFILL_STEP_RETRY_DELAY_SECONDS", value)
-    for var, field in {
-        "BACKFILL_STEP_MAX_RETRIES": "step_max_retries",
-        "BACKFILL_RERUN_MAX_ATTEMPTS": "rerun_max_attempts",
-    }.items():
-        if (value := get(var)) is not None:
-            values[field] = _parse_non_negative_int(var, value)
-    for var, field in {
-        "BACKFILL_RERUN_DAYS_BACK": "rerun_days_back",
-        "BACKFILL_RERUN_BATCH_SIZE": "rerun_batch_size",
-        "BACKFILL_RERUN_INTERVAL_SECONDS": "rerun_interval_seconds",
-        "BACKFILL_ALERT_INTERVAL_SECONDS": "alert_interval_seconds",
-        "BACKFILL_ALERT_SMTP_PORT": "alert_smtp_port",
-    }.items():
-        if (value := get(var)) is not None:
-            values[field] = _parse_positive_int(var, value)
-    if (value := get("BACKFILL_ALERT_SMTP_STARTTLS")) is not None:
-        values["alert_smtp_starttls"] = _parse_bool("BACKFILL_ALERT_SMTP_STARTTLS", value)
-    if (value := get("BACKFILL_ALERT_EMAIL_TO")) is not None:
-        values["alert_email_to"] = tuple(filter(None, (part.strip() for part in value.split(","))))
-    values["alert_smtp_password_set"] = get("BACKFILL_ALERT_SMTP_PASSWORD") is not None
-    values["alert_webhook_set"] = get("BACKFILL_ALERT_WEBHOOK_URL") is not None
-    if (value := get("BACKFILL_FAULT_STATE_DIR")) is not None:
-        values["fault_state_dir"] = Path(value).expanduser().resolve()
-    return values
-
-
-DATABRICKS_FIELDS = (
-    "databricks_host",
-    "databricks_client_id",
-    "databricks_cluster_id",
-    "databricks_spark_version",
-    "databricks_node_type",
-    "databricks_num_workers",
-    "databricks_autoscale",
-    "databricks_libraries",
-    "databricks_staging_prefix",
-    "databricks_poll_interval_s",
-    "databricks_max_wait_s",
-    "databricks_table_path_root",
-    "databricks_viewer_groups",
-)
 DATABRICKS_TOKEN_VAR = "BACKFILL_DATABRICKS_TOKEN"
 DATABRICKS_CLIENT_SECRET_VAR = "BACKFILL_DATABRICKS_CLIENT_SECRET"
 DATABRICKS_SECRET_VARS = (DATABRICKS_TOKEN_VAR, DATABRICKS_CLIENT_SECRET_VAR)

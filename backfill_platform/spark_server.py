@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from backfill_platform.backfills import stop_process_group
+from backfill_platform.processes import stop_process_group
 from backfill_platform.resources.spark import local_spark_config
 from backfill_platform.settings import Settings
 
@@ -71,7 +71,7 @@ class SparkConnectServerProcess:
                  data_dir: Path | None = None, log_path: Path | None = None):
         settings = settings or Settings.from_env()
         if data_dir is not None:
-            settings = Settings(**{**settings.__dict__, "data_dir": Path(data_dir)})
+            settings = settings.replace(data_dir=Path(data_dir))
         self.settings = settings
         self.port = port or _free_port()
         self.log_path = log_path or Path(settings.data_dir) / "spark-connect-server.log"

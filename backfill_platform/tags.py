@@ -1,10 +1,30 @@
-"""Run tags the platform writes and reads (retry lineage and status reports are queries on these).
+"""Names the platform declares once: asset keys, the job, and every run tag it writes or reads.
 
-Dagster's own tags are used where they exist: ``dagster/partition``,
-``dagster/asset_partition_range_start`` / ``_end``, ``dagster/backfill``, and for run retries
-``dagster/parent_run_id``, ``dagster/root_run_id``, ``dagster/retry_number``.
+Retry lineage and status reports are queries on these tags. Dagster's own tags are used where they
+exist and are named here too, so no module spells a tag string itself.
 """
 
+import dagster as dg
+
+# --- assets and jobs ---------------------------------------------------------------------------
+DESTINATION = dg.AssetKey("destination_data")
+SOURCE = dg.AssetKey("source_data")
+CALENDAR = dg.AssetKey("business_calendar")
+PREREQUISITES = (SOURCE, CALENDAR)  # what destination_data reads
+DESTINATION_JOB = "destination_data_job"
+
+# --- Dagster's own run tags ---------------------------------------------------------------------
+PARTITION = "dagster/partition"  # a single-partition run
+RANGE_START = "dagster/asset_partition_range_start"  # a range run (a backfill chunk) ...
+RANGE_END = "dagster/asset_partition_range_end"  # ... and its last key
+BACKFILL = "dagster/backfill"  # id of the backfill that launched the run
+PRIORITY = "dagster/priority"  # the run queue's order
+RETRY_NUMBER = "dagster/retry_number"  # run retries: 1, 2, ...
+PARENT_RUN_ID = "dagster/parent_run_id"  # run retries / re-execution: the run this one retries
+ROOT_RUN_ID = "dagster/root_run_id"  # ... and the first run of the chain
+WILL_RETRY = "dagster/will_retry"  # "true" on a failed run that run retries will retry
+
+# --- the platform's run tags --------------------------------------------------------------------
 PREFIX = "backfill_platform"
 
 # Set by the rerun_failed_partitions sensor on every rerun it requests.
@@ -23,3 +43,13 @@ DATE_SLOT_PREFIX = f"{PREFIX}/date_slot/"
 DATE_SLOTS_STATUS = f"{PREFIX}/date_slots"
 # Set by `backfill-platform backfill` on every run it submits itself (chunked mode), to follow them.
 LAUNCH_ID = f"{PREFIX}/launch_id"
+
+
+def partition_range(tags) -> tuple[str, str] | None:
+    """The first and last partition key a run covers, from its tags (None: not partitioned)."""
+    if tags.get(PARTITION):
+        return tags[PARTITION], tags[PARTITION]
+    start, end = tags.get(RANGE_START), tags.get(RANGE_END)
+    if start and end:
+        return start, end
+    return None

@@ -24,6 +24,17 @@ warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 
+# Tests are tiered by cost (``make test-fast`` runs ``-m "not slow"``): a test is ``slow`` when it
+# starts a Dagster daemon, a webserver, the Databricks workspace emulator, a Spark Connect server or a
+# browser. Tests that use the ``emulator`` fixture are marked here; the others carry the mark themselves.
+SERVICE_FIXTURES = {"emulator"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def spark_data_root(tmp_path_factory) -> Path:

@@ -7,10 +7,21 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from backfill_platform.assets import business_calendar, destination_data, source_data
+from backfill_platform.assets import build_assets
+from backfill_platform.definitions import build_defs
+from backfill_platform.partitions import BusinessDays
+from backfill_platform.settings import RetrySettings, Settings
+from backfill_platform.tags import CALENDAR, DESTINATION, RANGE_END, RANGE_START, SOURCE
 
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
+# What the tests materialize in-process: the product's definitions with step retries after 0.2 s
+# (the product waits 60 s, 180 s, 420 s). Subprocesses get the same through the environment
+# (conftest.py). Resources are passed to each materialization explicitly.
+TEST_SETTINGS = Settings(retries=RetrySettings(step_retry_delay_seconds=0.2))
+TEST_DEFS = build_defs(TEST_SETTINGS)
+BUSINESS_DAYS: BusinessDays = BusinessDays.from_settings(TEST_SETTINGS.calendar)
+# The assets without resources (each test passes its own); resolve_assets_def would bind the defs'.
+_ASSETS = {asset.key: asset for asset in build_assets(TEST_SETTINGS, BUSINESS_DAYS)}
+business_calendar, source_data, destination_data = _ASSETS[CALENDAR], _ASSETS[SOURCE], _ASSETS[DESTINATION]
 
 
 def seed_source(resources, instance=None, **source_config) -> dg.ExecuteInJobResult:
@@ -46,7 +57,12 @@ def delta_version(spark, location) -> int | None:
 
 
 __all__: Sequence[str] = [
+    "BUSINESS_DAYS",
+    "TEST_DEFS",
+    "TEST_SETTINGS",
     "business_calendar",
+    "destination_data",
+    "source_data",
     "delta_version",
     "materialize_destination",
     "rows_per_date",

@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from backfill_platform.partitions import business_days_between
 from backfill_platform.settings import PROJECT_ROOT
+from backfill_platform_tests.helpers import BUSINESS_DAYS
 
 SCENARIO_FIELDS = {
     "scenario", "partitions", "rows_per_date", "chunk_size", "runs", "wall_s", "s_per_partition",
@@ -44,7 +44,7 @@ def test_quick_benchmark_materializes_every_scenario(tmp_path):
     assert results["mode"] == "quick"
     scenarios = results["scenarios"]
     assert {s["scenario"] for s in scenarios} == {"per-date", "per-date-fast", "chunked"}
-    first_dates = [str(key) for key in business_days_between("2024-01-01", "2024-01-31")][:3]
+    first_dates = [str(key) for key in BUSINESS_DAYS.between("2024-01-01", "2024-01-31")][:3]
     for scenario in scenarios:
         assert SCENARIO_FIELDS <= set(scenario), scenario
         assert scenario["error"] is None, scenario

@@ -15,13 +15,12 @@ import dagster as dg
 import pytest
 
 from backfill_platform import checks
-from backfill_platform.assets import destination_data, source_data
 from backfill_platform.assets.tables_schema import POSITION_COLUMNS
-from backfill_platform.backfills import stop_process_group
+from backfill_platform.processes import stop_process_group
 from backfill_platform.resources import local_resources
-from backfill_platform.settings import Settings
-from backfill_platform.settings import PROJECT_ROOT
+from backfill_platform.settings import PROJECT_ROOT, Settings
 from backfill_platform_tests.conftest import ARTIFACTS, free_port, make_dagster_home, subprocess_env
+from backfill_platform_tests.helpers import destination_data, source_data
 
 D1, D2, D3 = dt.date(2024, 7, 1), dt.date(2024, 7, 2), dt.date(2024, 7, 3)
 SCHEMA = ", ".join(f"{n} {t}" for n, t in POSITION_COLUMNS.items())
@@ -214,6 +213,7 @@ def webserver(home, settings):
         log.close()
 
 
+@pytest.mark.slow
 def test_ui_shows_partition_health_and_check_results(checks_home, tmp_path):
     """Runs after the materialization test (same module): 07-01..07-03 and 07-09 materialized, 07-08
     failed, the completeness check failed (warning), the other checks passed."""

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import dagster as dg
 import pytest
 
-from backfill_platform.backfills import (
+from backfill_platform.processes import (
     DaemonProcess,
     KeepDaemon,
     daemon_is_running,
@@ -29,8 +29,6 @@ from backfill_platform.backfills import (
 from backfill_platform.settings import PROJECT_ROOT
 from backfill_platform_tests.conftest import free_port, make_dagster_home, subprocess_env
 from backfill_platform_tests.helpers import delta_version, rows_per_date, seed_source
-
-pytestmark = pytest.mark.slow
 
 BIN = os.path.dirname(sys.executable)
 
@@ -93,6 +91,7 @@ query Status($id: String!) {
 }"""
 
 
+@pytest.mark.slow
 def test_web_ui_partition_backfill_launcher(spark, deployment, tmp_path):
     settings, resources, home = deployment
     env = subprocess_env(settings, home)
@@ -128,6 +127,7 @@ def test_web_ui_partition_backfill_launcher(spark, deployment, tmp_path):
     assert rows_per_date(spark, resources["tables"].destination) == {key: 10 for key in keys}
 
 
+@pytest.mark.slow
 def test_dagster_job_backfill_drains_through_the_queue(spark, deployment, tmp_path):
     settings, resources, home = deployment
     env = subprocess_env(settings, home)
@@ -161,6 +161,7 @@ def test_dagster_job_backfill_drains_through_the_queue(spark, deployment, tmp_pa
     }
 
 
+@pytest.mark.slow
 def test_dagster_asset_materialize_partition_range_is_one_run(spark, deployment, tmp_path):
     settings, resources, home = deployment
     command = [f"{BIN}/dagster", "asset", "materialize", "-m", "backfill_platform.definitions",
@@ -183,6 +184,7 @@ def test_dagster_asset_materialize_partition_range_is_one_run(spark, deployment,
     assert "holiday: Independence Day" in holiday.stderr
 
 
+@pytest.mark.slow
 def test_backfill_platform_cli_is_the_main_job(spark, settings, resources, tmp_path):
     """From an empty data dir and instance: seeds source and calendar, backfills, summarises."""
     home = make_dagster_home(tmp_path / "dagster_home")
@@ -220,6 +222,7 @@ def test_backfill_platform_cli_is_the_main_job(spark, settings, resources, tmp_p
     assert rows_per_date(spark, tables.destination) == expected
 
 
+@pytest.mark.slow
 def test_keep_daemon_replaces_a_dead_daemon_and_leaves_no_stale_heartbeats(tmp_path):
     """What the CLI does while it waits: the daemon it started dies -> it starts another; when the
     CLI ends, the instance shows no live daemon at once (not 30 s of stale heartbeats)."""

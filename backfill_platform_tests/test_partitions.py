@@ -1,17 +1,18 @@
 import datetime as dt
 
+import dagster as dg
 import pytest
 
 from backfill_platform.partitions import (
     BusinessCalendar,
+    BusinessDays,
     InvalidPartitionDateError,
     build_business_day_partitions,
-    business_calendar_days,
-    business_day_partitions,
-    business_days_between,
-    parse_partition_date,
 )
-from backfill_platform.settings import Settings, SettingsError
+from backfill_platform.settings import CalendarSettings, Settings, SettingsError
+
+DAYS = BusinessDays.from_settings(CalendarSettings())
+business_day_partitions, business_calendar_days = DAYS.partitions_def, DAYS.calendar
 
 NOW = dt.datetime(2026, 11, 21, 12, tzinfo=dt.timezone.utc)
 
@@ -54,7 +55,9 @@ def test_explain_says_why_a_day_is_not_a_business_day():
 
 
 def test_start_date_and_extra_closures_are_configurable():
-    settings = Settings(start_date=dt.date(2025, 1, 1), extra_closures={dt.date(2025, 1, 9): "National Day of Mourning"})
+    settings = CalendarSettings(
+        start_date=dt.date(2025, 1, 1), extra_closures={dt.date(2025, 1, 9): "National Day of Mourning"}
+    )
     calendar = BusinessCalendar.from_settings(settings)
     partitions = build_business_day_partitions(settings, calendar)
     keys = partitions.get_partition_keys(current_time=NOW)
@@ -64,16 +67,16 @@ def test_start_date_and_extra_closures_are_configurable():
 
 
 def test_another_pandas_holiday_calendar_can_be_chosen():
-    settings = Settings(holiday_calendar="pandas.tseries.holiday:USFederalHolidayCalendar")
+    settings = CalendarSettings(holiday_calendar="pandas.tseries.holiday:USFederalHolidayCalendar")
     assert dt.date(2024, 7, 4) in BusinessCalendar.from_settings(settings).holidays
     with pytest.raises(SettingsError, match="BACKFILL_HOLIDAY_CALENDAR"):
-        BusinessCalendar.from_settings(Settings(holiday_calendar="pandas.tseries.holiday:NoSuchCalendar"))
+        BusinessCalendar.from_settings(CalendarSettings(holiday_calendar="pandas.tseries.holiday:NoSuchCalendar"))
 
 
 def test_settings_come_from_the_environment_with_clear_errors():
     settings = Settings.from_env({"BACKFILL_START_DATE": "2024-03-01", "BACKFILL_EXTRA_CLOSURES": "2025-01-09=Mourning"})
-    assert settings.start_date == dt.date(2024, 3, 1)
-    assert settings.extra_closures == {dt.date(2025, 1, 9): "Mourning"}
+    assert settings.calendar.start_date == dt.date(2024, 3, 1)
+    assert settings.calendar.extra_closures == {dt.date(2025, 1, 9): "Mourning"}
     with pytest.raises(SettingsError, match="BACKFILL_DEPLOYMENT"):
         Settings.from_env({"BACKFILL_DEPLOYMENT": "cloud"})
     with pytest.raises(SettingsError, match="BACKFILL_MAX_PARTITIONS_PER_RUN"):
@@ -94,29 +97,27 @@ def test_settings_come_from_the_environment_with_clear_errors():
 )
 def test_bad_dates_are_rejected_with_the_reason(value, message):
     with pytest.raises(InvalidPartitionDateError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        parse_partition_date(value, now=NOW)
+        DAYS.parse_date(value, now=NOW)
 
 
 def test_business_days_between_takes_non_business_ends_and_rejects_reversed_ranges():
-    keys = business_days_between("2024-06-29", "2024-07-07", now=NOW)  # Saturday .. Sunday
+    keys = DAYS.between("2024-06-29", "2024-07-07", now=NOW)  # Saturday .. Sunday
     assert keys == ["2024-07-01", "2024-07-02", "2024-07-03", "2024-07-05"]
     with pytest.raises(InvalidPartitionDateError, match="is after"):
-        business_days_between("2024-07-05", "2024-07-01", now=NOW)
+        DAYS.between("2024-07-05", "2024-07-01", now=NOW)
     with pytest.raises(InvalidPartitionDateError, match="no business day"):
-        business_days_between("2024-07-04", "2024-07-04", now=NOW)
+        DAYS.between("2024-07-04", "2024-07-04", now=NOW)
 
 
 def test_fast_has_partition_key_agrees_with_dagsters_own_check():
     """The subclass answers has_partition_key from a set of excluded dates (speed: the rerun sensor's
     status cache validates ~1,750 keys); it must give Dagster's answer for every day and bad key."""
-    from dagster._core.definitions.partitions.definition.time_window import TimeWindowPartitionsDefinition
-
     start = dt.date(2023, 12, 20)  # before the first partition .. past today (future days are not partitions)
     keys = [(start + dt.timedelta(days=i)).isoformat() for i in range((dt.date.today() - start).days + 40)]
     keys += ["2024-1-5", "2024-02-30", "2024-07-04T00:00", "", "20240705", "2024-07-05 "]
     ours = {key: business_day_partitions.has_partition_key(key) for key in keys}
-    dagsters = {key: TimeWindowPartitionsDefinition.has_partition_key(business_day_partitions, key) for key in keys}
+    dagsters = {key: dg.TimeWindowPartitionsDefinition.has_partition_key(business_day_partitions, key) for key in keys}
     assert ours == dagsters
     assert ours["2024-07-05"] and not ours["2024-07-04"] and not ours["2024-07-06"] and not ours["2024-1-5"]
     assert sum(ours.values()) == len(business_day_partitions.get_partition_keys())
-    assert hash(business_day_partitions) == TimeWindowPartitionsDefinition.__hash__(business_day_partitions)
+    assert hash(business_day_partitions) == dg.TimeWindowPartitionsDefinition.__hash__(business_day_partitions)

@@ -36,6 +36,6 @@ def test_spark_remote_setting_reaches_the_spark_resource():
     from backfill_platform.resources import local_resources
 
     settings = Settings.from_env({"BACKFILL_SPARK_REMOTE": " sc://127.0.0.1:15002 "})
-    assert settings.spark_remote == "sc://127.0.0.1:15002"
+    assert settings.spark.remote == "sc://127.0.0.1:15002"
     assert local_resources(settings)["pyspark"].remote == "sc://127.0.0.1:15002"
     assert local_resources(Settings())["pyspark"].remote == ""

@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     chunks = [int(c) for c in args.chunks.split(",")]
 
-    from backfill_platform.dev.databricks_emulator import DEFAULT_CLUSTER_ID, DatabricksEmulator
+    from databricks_emulator import DEFAULT_CLUSTER_ID, DatabricksEmulator
 
     work = Path(tempfile.mkdtemp(prefix="bench_databricks_"))
     token = "dapi-bench-" + secrets.token_hex(8)
@@ -93,8 +93,8 @@ def main() -> None:
 def _seed_source(work: Path, emulator, count: int) -> list[str]:
     import dagster as dg
 
-    from backfill_platform.assets import source_data
-    from backfill_platform.partitions import business_day_partitions
+    from backfill_platform.assets.source import source_data
+    from backfill_platform.partitions import BusinessDays
     from backfill_platform.resources import local_resources
     from backfill_platform.settings import Settings
 
@@ -107,13 +107,13 @@ def _seed_source(work: Path, emulator, count: int) -> list[str]:
     assert result.success
     shutil.copytree(resources["tables"].source.path, emulator.warehouse / "demos" / "backfill_demo" / "source_data")
     resources["pyspark"].spark_session.stop()
-    keys = [k for k in business_day_partitions.get_partition_keys() if "2025-01-02" <= k <= "2025-03-31"]
+    partitions_def = BusinessDays.from_settings(settings.calendar).partitions_def
+    keys = [k for k in partitions_def.get_partition_keys() if "2025-01-02" <= k <= "2025-03-31"]
     return keys[:count]
 
 
 def _measure(instance, keys: list[str], cluster: str, attempt: int) -> dict:
     import dagster as dg
-
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
     job = ReconstructableRepository.for_module(

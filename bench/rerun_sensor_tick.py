@@ -12,8 +12,8 @@ evaluated several times with its cursor, as the daemon would.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-import os
 import random
 import statistics
 import sys
@@ -21,13 +21,16 @@ import tempfile
 import time
 import warnings
 
-os.environ["BACKFILL_START_DATE"] = "2020-01-01"  # before the package is imported
 warnings.filterwarnings("ignore")
 
 import dagster as dg  # noqa: E402
 
-from backfill_platform.partitions import business_day_partitions  # noqa: E402
-from backfill_platform.retries import classified_failures  # noqa: E402
+from backfill_platform.classification import classified_failures  # noqa: E402
+from backfill_platform.definitions import build_defs  # noqa: E402
+from backfill_platform.settings import CalendarSettings, Settings  # noqa: E402
+
+defs = build_defs(Settings(calendar=CalendarSettings(start_date=dt.date(2020, 1, 1))))
+business_day_partitions = defs.resolve_job_def("destination_data_job").partitions_def
 
 
 @dg.asset(name="destination_data", partitions_def=business_day_partitions)
@@ -48,8 +51,6 @@ def main(single_runs: int) -> None:
         for key in random.Random(1).sample(keys, single_runs):
             dg.materialize([failing_destination], instance=instance, partition_key=key, raise_on_error=False)
         print(f"setup: 1 range run + {single_runs} single-date failed runs in {time.perf_counter() - started:.0f} s")
-        from backfill_platform.definitions import defs
-
         sensor = defs.get_sensor_def("rerun_failed_partitions")  # default settings: batch 20, 7 days
         cursor, timings = None, []
         for tick in range(1, 6):

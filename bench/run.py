@@ -59,9 +59,10 @@ class Scenario:
 
 
 def plan(quick: bool, fast_remote: str | None) -> list[Scenario]:
-    from backfill_platform.partitions import business_days_between
+    from backfill_platform.partitions import BusinessDays
+    from backfill_platform.settings import CalendarSettings
 
-    full = [str(key) for key in business_days_between(RANGE_FIRST, RANGE_LAST)]
+    full = [str(key) for key in BusinessDays.from_settings(CalendarSettings()).between(RANGE_FIRST, RANGE_LAST)]
     if quick:
         few = full[:3]
         scenarios = [
@@ -96,7 +97,8 @@ def seed_sources(work: Path, rows_options: list[int], last_day: str) -> dict[int
     """Materialize source_data (+ business_calendar) once per rows/date option, with one Spark."""
     import dagster as dg
 
-    from backfill_platform.assets import business_calendar, source_data
+    from backfill_platform.assets import build_assets
+    from backfill_platform.partitions import BusinessDays
     from backfill_platform.resources import local_resources
     from backfill_platform.resources.spark import local_spark_config, start_spark_session
     from backfill_platform.settings import Settings
@@ -110,8 +112,9 @@ def seed_sources(work: Path, rows_options: list[int], last_day: str) -> dict[int
             if spark is None:
                 spark = start_spark_session(local_spark_config(settings))
             started = time.monotonic()
+            calendar, source, _ = build_assets(settings, BusinessDays.from_settings(settings.calendar))
             result = dg.materialize(
-                [source_data, business_calendar],
+                [source, calendar],
                 resources=local_resources(settings),
                 run_config={
                     "loggers": {"console": {"config": {"log_level": "WARNING"}}},
@@ -169,7 +172,7 @@ def run_profile(instance, runs) -> dict[str, float]:
             if event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and not meta:
                 meta = {k: v.value for k, v in event.event_specific_data.materialization.metadata.items()}
 
-        def span(a: str, b: str) -> float | None:
+        def span(a: str, b: str, first=first) -> float | None:
             return first[b] - first[a] if a in first and b in first else None
 
         add("queued", span("PIPELINE_ENQUEUED", "PIPELINE_STARTING"))
@@ -186,9 +189,8 @@ def run_profile(instance, runs) -> dict[str, float]:
 
 def run_scenario(scenario: Scenario, work: Path, data_dir: Path, timeout_s: float) -> dict:
     import dagster as dg
-    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
-    from backfill_platform import backfills
+    from backfill_platform import backfills, processes
 
     home = work / "homes" / scenario.slug
     shutil.rmtree(home, ignore_errors=True)
@@ -209,7 +211,7 @@ def run_scenario(scenario: Scenario, work: Path, data_dir: Path, timeout_s: floa
 
     instance = dg.DagsterInstance.from_config(str(home))
     expected = set(scenario.keys)
-    daemon = backfills.DaemonProcess(home, env=env, log_path=work / "logs" / f"{scenario.slug}-daemon.log")
+    daemon = processes.DaemonProcess(home, env=env, log_path=work / "logs" / f"{scenario.slug}-daemon.log")
     launched = time.time()
     backfill_id = backfills.launch_destination_backfill(
         instance, defs, scenario.keys, title=f"bench {scenario.slug}"
@@ -221,7 +223,7 @@ def run_scenario(scenario: Scenario, work: Path, data_dir: Path, timeout_s: floa
         while True:
             done = expected <= set(instance.get_materialized_partitions(backfills.DESTINATION))
             runs = backfills.backfill_runs(instance, backfill_id)
-            failed = [run for run in runs if run.status == DagsterRunStatus.FAILURE]
+            failed = [run for run in runs if run.status == dg.DagsterRunStatus.FAILURE]
             if done:
                 # let the runs record their end (RUN_SUCCESS) before the daemon's processes stop;
                 # wall_s still ends at the last materialization
@@ -246,7 +248,7 @@ def run_scenario(scenario: Scenario, work: Path, data_dir: Path, timeout_s: floa
     materialized = set(instance.get_materialized_partitions(backfills.DESTINATION)) & expected
     runs = backfills.backfill_runs(instance, backfill_id)
     first_run_created = min((run_record.create_timestamp.timestamp() for run_record in
-                             instance.get_run_records(RunsFilter(tags={"dagster/backfill": backfill_id}))),
+                             instance.get_run_records(dg.RunsFilter(tags={"dagster/backfill": backfill_id}))),
                             default=None)
     wall = last_materialization - launched
     table_path = data_dir / "warehouse" / "backfill_demo" / destination_table
@@ -256,7 +258,7 @@ def run_scenario(scenario: Scenario, work: Path, data_dir: Path, timeout_s: floa
         "rows_per_date": scenario.rows_per_date,
         "chunk_size": scenario.chunk_size,
         "runs": len(runs),
-        "runs_succeeded": sum(run.status == DagsterRunStatus.SUCCESS for run in runs),
+        "runs_succeeded": sum(run.status == dg.DagsterRunStatus.SUCCESS for run in runs),
         "wall_s": round(wall, 2),
         "s_per_partition": round(wall / len(scenario.keys), 3),
         "delta_commits": delta_write_commits(table_path) if table_path.exists() else 0,
@@ -335,9 +337,9 @@ def print_table(results: list[dict]) -> None:
     header = ("scenario", "partitions", "rows_per_date", "chunk_size", "runs", "wall_s", "s_per_partition",
               "delta_commits", "materialized_partitions")
     widths = [max(len(h), 8) for h in header]
-    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
+    print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
     for result in results:
-        print("  ".join(str(result[h]).rjust(w) for h, w in zip(header, widths)))
+        print("  ".join(str(result[h]).rjust(w) for h, w in zip(header, widths, strict=True)))
 
 
 def plot(results: list[dict], path: Path) -> bool:

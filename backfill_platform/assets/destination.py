@@ -12,50 +12,64 @@ import time
 
 import dagster as dg
 
-from backfill_platform import checks
+from backfill_platform import checks, tags
 from backfill_platform.assets.destination_config import DestinationConfig
-from backfill_platform.assets.source import source_data
 from backfill_platform.assets.tables_schema import POSITION_COLUMNS, POSITION_DATE
-from backfill_platform.faults import FaultInjector
-from backfill_platform.retries import classified_failures, retry_policy
-from backfill_platform.partitions import business_day_partitions, partition_dates
+from backfill_platform.classification import classified_failures, retry_policy
+from backfill_platform.partitions import BusinessDays
 from backfill_platform.resources.step_launcher import STEP_LAUNCHER_KEY
 from backfill_platform.resources.tables import DeltaLocation, DeltaTables
-from backfill_platform.settings import load_settings
+from backfill_platform.resources.write_hooks import WRITE_HOOKS_KEY, WriteHooks
+from backfill_platform.settings import Settings
 
 
-@dg.asset(
-    partitions_def=business_day_partitions,
-    backfill_policy=load_settings().backfill_policy,
-    deps=[source_data],
-    required_resource_keys={STEP_LAUNCHER_KEY, "pyspark", "tables"},
-    kinds={"spark", "delta"},
-    group_name="backfill",
-    retry_policy=retry_policy(load_settings()),
-    pool=load_settings().databricks_pool if load_settings().deployment == "databricks" else None,
-    check_specs=checks.destination_check_specs(),
-)
-def destination_data(context: dg.AssetExecutionContext, config: DestinationConfig) -> dg.MaterializeResult:
-    """Copy the source rows of this run's business dates into the destination (see below).
-
-    Failures are classified (``retries.py``): transient ones are retried by the ``RetryPolicy``,
-    logic/data ones fail once with ``Failure(allow_retries=False)``.
-    """
-    with classified_failures(context.partition_keys):
-        return _replace_dates(context, config)
+def backfill_policy(settings: Settings) -> dg.BackfillPolicy:
+    """Chunks of ``max_partitions_per_run`` business days per run, or one run for all."""
+    if settings.max_partitions_per_run is None:
+        return dg.BackfillPolicy.single_run()
+    return dg.BackfillPolicy.multi_run(settings.max_partitions_per_run)
 
 
-def _replace_dates(context: dg.AssetExecutionContext, config: DestinationConfig) -> dg.MaterializeResult:
-    """Copy the source rows of this run's business dates into the destination, replacing exactly
-    those dates (``replaceWhere``) in one Delta commit.
+def build_destination_asset(settings: Settings, business_days: BusinessDays) -> dg.AssetsDefinition:
+    """``destination_data`` for one deployment: its partitions, backfill policy, retry policy and pool."""
 
-    Resources come by key (not as typed arguments) because the step launcher must be a key
-    requirement: ``pyspark`` (a ``PySparkResource``) and ``tables`` (``DeltaTables``).
-    """
+    @dg.asset(
+        name=tags.DESTINATION.path[-1],
+        partitions_def=business_days.partitions_def,
+        backfill_policy=backfill_policy(settings),
+        deps=[tags.SOURCE],
+        required_resource_keys={STEP_LAUNCHER_KEY, "pyspark", "tables", WRITE_HOOKS_KEY},
+        kinds={"spark", "delta"},
+        group_name="backfill",
+        retry_policy=retry_policy(
+            max_retries=settings.retries.step_max_retries, delay_seconds=settings.retries.step_retry_delay_seconds
+        ),
+        pool=settings.databricks.pool if settings.deployment == "databricks" else None,
+        check_specs=checks.destination_check_specs(),
+    )
+    def destination_data(context: dg.AssetExecutionContext, config: DestinationConfig) -> dg.MaterializeResult:
+        """Copy the source rows of this run's business dates into the destination, replacing exactly
+        those dates (``replaceWhere``) in one Delta commit.
+
+        Failures are classified (``classification.py``): transient ones are retried by the
+        ``RetryPolicy``, logic/data ones fail once with ``Failure(allow_retries=False)``.
+        """
+        with classified_failures(context.partition_keys):
+            return _replace_dates(context, config, business_days)
+
+    return destination_data
+
+
+def _replace_dates(
+    context: dg.AssetExecutionContext, config: DestinationConfig, business_days: BusinessDays
+) -> dg.MaterializeResult:
+    """The body of ``destination_data``. Resources come by key (not as typed arguments) because the
+    step launcher must be a key requirement: ``pyspark`` (a ``LazyPySparkResource``), ``tables``
+    (``DeltaTables``) and ``write_hooks`` (``WriteHooks``: nothing in production)."""
     from pyspark.sql import functions as F
 
     tables: DeltaTables = context.resources.tables
-    dates = partition_dates(context.partition_keys)
+    dates = business_days.dates_of(context.partition_keys)
     started = time.perf_counter()
     spark = context.resources.pyspark.spark_session
     spark_ready = time.perf_counter()
@@ -75,8 +89,8 @@ def _replace_dates(context: dg.AssetExecutionContext, config: DestinationConfig)
             allow_retries=False,
         )
 
-    faults = FaultInjector.from_settings(load_settings())  # TEST ONLY; inert unless BACKFILL_FAULTS
-    rows = faults.arm_kill(expected.rows, faults.before_write([day.isoformat() for day in dates]))
+    hooks: WriteHooks = getattr(context.resources, WRITE_HOOKS_KEY)
+    rows = hooks.before_write([day.isoformat() for day in dates], expected.rows)
     checked = time.perf_counter()
     _create_destination_if_missing(spark, tables.destination)
     predicate = f"{POSITION_DATE} IN ({', '.join(repr(day.isoformat()) for day in dates)})"
@@ -96,7 +110,7 @@ def _replace_dates(context: dg.AssetExecutionContext, config: DestinationConfig)
         f"{total} rows, Delta version {commit['version']}"
     )
     check_results = checks.run_destination_checks(
-        tables.destination.read(spark), dates, expected, business_day_partitions.get_partition_keys()
+        tables.destination.read(spark), dates, expected, business_days.partitions_def.get_partition_keys()
     )
     return dg.MaterializeResult(
         check_results=check_results,

@@ -11,7 +11,12 @@ import datetime as dt
 from pathlib import Path
 
 from backfill_platform.reports.history import (
-    FAILED, IN_FLIGHT, MATERIALIZED, MISSING, NOT_BUSINESS, History,
+    FAILED,
+    IN_FLIGHT,
+    MATERIALIZED,
+    MISSING,
+    NOT_BUSINESS,
+    History,
 )
 
 COLOURS = {

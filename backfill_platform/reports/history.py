@@ -20,32 +20,41 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
-from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
+from backfill_platform import dagster_internals
 from backfill_platform import tags as platform_tags
-from backfill_platform.partitions import BusinessCalendar
+from backfill_platform.partitions import BusinessDays
+from backfill_platform.tags import (
+    BACKFILL as BACKFILL_TAG,
+)
+from backfill_platform.tags import (
+    DESTINATION,
+    DESTINATION_JOB,
+)
+from backfill_platform.tags import (
+    PARENT_RUN_ID as PARENT_RUN_TAG,
+)
+from backfill_platform.tags import (
+    RETRY_NUMBER as RETRY_NUMBER_TAG,
+)
+from backfill_platform.tags import (
+    ROOT_RUN_ID as ROOT_RUN_TAG,
+)
 
-DESTINATION = dg.AssetKey("destination_data")
-
-PARTITION_TAG = "dagster/partition"
-RANGE_START_TAG = "dagster/asset_partition_range_start"
-RANGE_END_TAG = "dagster/asset_partition_range_end"
-BACKFILL_TAG = "dagster/backfill"
-RETRY_NUMBER_TAG = "dagster/retry_number"
-PARENT_RUN_TAG = "dagster/parent_run_id"
-ROOT_RUN_TAG = "dagster/root_run_id"
+FAILURE_PREFIX = re.compile(r"^[\w.]+\.Failure: ")
 
 MATERIALIZED, FAILED, MISSING, IN_FLIGHT, NOT_BUSINESS = (
     "materialized", "failed", "missing", "in flight", "not a business day",
 )
 STATES = (MATERIALIZED, FAILED, MISSING, IN_FLIGHT, NOT_BUSINESS)
 
-FINISHED_OK = {DagsterRunStatus.SUCCESS}
-FINISHED_BAD = {DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
+FINISHED_OK = {dg.DagsterRunStatus.SUCCESS}
+FINISHED_BAD = {dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +79,7 @@ class RunAttempt:
 
     @property
     def succeeded(self) -> bool:
-        return self.status == DagsterRunStatus.SUCCESS.value
+        return self.status == dg.DagsterRunStatus.SUCCESS.value
 
     @property
     def failed(self) -> bool:
@@ -279,7 +288,7 @@ def run_url(ui_url: str, run_id: str) -> str:
 def _targets_destination(run: dg.DagsterRun) -> bool:
     if run.asset_selection:
         return DESTINATION in run.asset_selection
-    return run.job_name == "destination_data_job"
+    return run.job_name == DESTINATION_JOB
 
 
 def planned_run_ids(instance: dg.DagsterInstance) -> set[str]:
@@ -296,16 +305,6 @@ def planned_run_ids(instance: dg.DagsterInstance) -> set[str]:
         if not result.has_more:
             return run_ids
         cursor = result.cursor
-
-
-def run_partition_keys(tags: Mapping[str, str], partitions_def: dg.PartitionsDefinition) -> tuple[str, ...]:
-    if PARTITION_TAG in tags:
-        return (tags[PARTITION_TAG],)
-    if RANGE_START_TAG in tags and RANGE_END_TAG in tags:
-        return tuple(
-            partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(tags[RANGE_START_TAG], tags[RANGE_END_TAG]))
-        )
-    return ()
 
 
 def _as_datetime(value: float | None) -> dt.datetime | None:
@@ -344,13 +343,13 @@ def _run_events(instance: dg.DagsterInstance, run_id: str) -> tuple[str | None, 
         elif event.event_type == dg.DagsterEventType.RUN_FAILURE and error is None:
             error = event.message
     if error:
-        error = error.strip().removeprefix("dagster._core.definitions.events.Failure: ")
+        error = FAILURE_PREFIX.sub("", error.strip())  # "<module>.Failure: " of a serialized dg.Failure
     return error or None, step_retries
 
 
 def destination_runs(
     instance: dg.DagsterInstance,
-    partitions_def: dg.PartitionsDefinition,
+    business_days: BusinessDays,
     *,
     keys: Iterable[str] | None = None,
     ui_url: str = "http://127.0.0.1:3000",
@@ -360,11 +359,11 @@ def destination_runs(
     wanted = set(keys) if keys is not None else None
     planned = planned_run_ids(instance)
     attempts = []
-    for record in instance.get_run_records(filters=RunsFilter(), order_by="create_timestamp", ascending=True):
+    for record in instance.get_run_records(filters=dg.RunsFilter(), order_by="create_timestamp", ascending=True):
         run = record.dagster_run
         if run.run_id not in planned and not _targets_destination(run):
             continue
-        partition_keys = run_partition_keys(run.tags, partitions_def)
+        partition_keys = tuple(business_days.run_keys(run.tags))
         if not partition_keys or (wanted is not None and not wanted.intersection(partition_keys)):
             continue
         error, step_retries = _run_events(instance, run.run_id) if with_events else (None, 0)
@@ -377,7 +376,7 @@ def destination_runs(
                 created=record.create_timestamp,
                 start_time=_as_datetime(record.start_time),
                 end_time=_as_datetime(record.end_time),
-                error=error if run.status != DagsterRunStatus.SUCCESS else None,
+                error=error if run.status != dg.DagsterRunStatus.SUCCESS else None,
                 step_retries=step_retries,
                 tags=dict(run.tags),
                 url=run_url(ui_url, run.run_id),
@@ -388,10 +387,8 @@ def destination_runs(
 
 def pending_backfill_keys(instance: dg.DagsterInstance) -> set[str]:
     """destination_data partitions that running asset backfills target but have not finished."""
-    from dagster._core.execution.backfill import BulkActionStatus
-
     pending: set[str] = set()
-    for backfill in instance.get_backfills(status=BulkActionStatus.REQUESTED):
+    for backfill in dagster_internals.requested_backfills(instance):
         data = backfill.asset_backfill_data
         if data is None:
             continue
@@ -413,14 +410,12 @@ def partition_states(
     instance: dg.DagsterInstance, keys: Sequence[str], partitions_def: dg.PartitionsDefinition
 ) -> dict[str, str]:
     """Each business-day key -> materialized / failed / in flight / missing, as the UI shows them."""
-    from dagster._core.storage.partition_status_cache import AssetPartitionStatus
-
     statuses = instance.get_status_by_partition(DESTINATION, list(keys), partitions_def) or {}
     pending = pending_backfill_keys(instance)
     names = {
-        AssetPartitionStatus.MATERIALIZED: MATERIALIZED,
-        AssetPartitionStatus.FAILED: FAILED,
-        AssetPartitionStatus.IN_PROGRESS: IN_FLIGHT,
+        dg.AssetPartitionStatus.MATERIALIZED: MATERIALIZED,
+        dg.AssetPartitionStatus.FAILED: FAILED,
+        dg.AssetPartitionStatus.IN_PROGRESS: IN_FLIGHT,
     }
     states = {}
     for key in keys:
@@ -436,17 +431,17 @@ def load_history(
     first: dt.date,
     last: dt.date,
     *,
-    partitions_def: dg.PartitionsDefinition,
-    calendar: BusinessCalendar,
+    business_days: BusinessDays,
     ui_url: str = "http://127.0.0.1:3000",
     with_events: bool = True,
 ) -> History:
     """The history of every calendar day in [first, last] (weekends and holidays included, as such)."""
+    partitions_def, calendar = business_days.partitions_def, business_days.calendar
     all_keys = set(partitions_def.get_partition_keys())
     days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
     keys = [d.isoformat() for d in days if d.isoformat() in all_keys]
     states = partition_states(instance, keys, partitions_def)
-    runs = destination_runs(instance, partitions_def, keys=keys, ui_url=ui_url, with_events=with_events)
+    runs = destination_runs(instance, business_days, keys=keys, ui_url=ui_url, with_events=with_events)
 
     by_key: dict[str, list[DateAttempt]] = {key: [] for key in keys}
     for run in runs:

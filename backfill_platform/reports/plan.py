@@ -20,7 +20,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from backfill_platform.reports.history import (
-    FAILED, IN_FLIGHT, MATERIALIZED, MISSING, NOT_BUSINESS, History, RunAttempt,
+    FAILED,
+    IN_FLIGHT,
+    MATERIALIZED,
+    MISSING,
+    NOT_BUSINESS,
+    History,
+    RunAttempt,
 )
 
 REPROCESS = ("missing", "failed", "all")

@@ -12,20 +12,23 @@ from typing import Any
 from backfill_platform.resources.spark import DeltaSparkResource, local_spark_config
 from backfill_platform.resources.step_launcher import STEP_LAUNCHER_KEY, in_process_step_launcher
 from backfill_platform.resources.tables import DeltaTables
+from backfill_platform.resources.write_hooks import WRITE_HOOKS_KEY, WriteHooks
 from backfill_platform.settings import Settings
 
 
 def local_resources(settings: Settings) -> dict[str, Any]:
     return {
-        "pyspark": DeltaSparkResource(spark_config=local_spark_config(settings), remote=settings.spark_remote),
+        "pyspark": DeltaSparkResource(spark_config=local_spark_config(settings), remote=settings.spark.remote),
         "tables": DeltaTables.from_settings(settings, mode="path"),
         STEP_LAUNCHER_KEY: in_process_step_launcher(),
+        WRITE_HOOKS_KEY: WriteHooks(),
     }
 
 
 def resources_for(settings: Settings) -> dict[str, Any]:
+    """Every resource the assets need in this deployment (``write_hooks``: nothing in production)."""
     if settings.deployment == "databricks":
         from backfill_platform.resources.databricks import databricks_resources
 
-        return databricks_resources(settings)
+        return {**databricks_resources(settings), WRITE_HOOKS_KEY: WriteHooks()}
     return local_resources(settings)

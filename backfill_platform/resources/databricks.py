@@ -37,12 +37,7 @@ from dagster_databricks.databricks import DatabricksError as PollError
 from dagster_databricks.databricks_pyspark_step_launcher import DatabricksPySparkStepLauncher
 from databricks.sdk.errors import DatabricksError as SdkError
 
-from backfill_platform.resources.databricks_errors import (
-    DatabricksStepError,
-    ERROR_TYPES,
-    classify_http_status,
-    run_failure,
-)
+from backfill_platform.resources.databricks_failures import DatabricksStepError, api_failure, run_failure
 from backfill_platform.resources.spark import DeltaSparkResource
 from backfill_platform.resources.step_launcher import STEP_LAUNCHER_KEY
 from backfill_platform.resources.tables import DeltaTables
@@ -79,16 +74,16 @@ def databricks_resources(settings: Settings) -> dict[str, Any]:
 def databricks_tables(settings: Settings) -> DeltaTables:
     """Unity Catalog names ``catalog.schema.table``; on the project's emulator (which has no Unity
     Catalog) the same names map to Delta paths ``<root>/<catalog>/<schema>/<table>``."""
-    root = settings.databricks_table_path_root
+    root = settings.databricks.table_path_root
     if root:
         return DeltaTables(
             mode="path",
-            warehouse_dir=str(Path(root) / settings.catalog),
-            catalog=settings.catalog,
-            schema_name=settings.schema,
-            source_table=settings.source_table,
-            destination_table=settings.destination_table,
-            calendar_table=settings.calendar_table,
+            warehouse_dir=str(Path(root) / settings.tables.catalog),
+            catalog=settings.tables.catalog,
+            schema_name=settings.tables.schema,
+            source_table=settings.tables.source_table,
+            destination_table=settings.tables.destination_table,
+            calendar_table=settings.tables.calendar_table,
             seed_demo_source=False,
         )
     return DeltaTables.from_settings(settings, mode="catalog")
@@ -110,20 +105,20 @@ def _positive_number(name: str, value: str, kind=float) -> Any:
 def _cluster_config(settings: Settings) -> dict[str, Any]:
     """``run_config.cluster`` of the launcher: an existing cluster or a new job cluster spec."""
     new_spec = {
-        "BACKFILL_DATABRICKS_SPARK_VERSION": settings.databricks_spark_version,
-        "BACKFILL_DATABRICKS_NODE_TYPE": settings.databricks_node_type,
-        "BACKFILL_DATABRICKS_NUM_WORKERS": settings.databricks_num_workers,
-        "BACKFILL_DATABRICKS_AUTOSCALE": settings.databricks_autoscale,
+        "BACKFILL_DATABRICKS_SPARK_VERSION": settings.databricks.spark_version,
+        "BACKFILL_DATABRICKS_NODE_TYPE": settings.databricks.node_type,
+        "BACKFILL_DATABRICKS_NUM_WORKERS": settings.databricks.num_workers,
+        "BACKFILL_DATABRICKS_AUTOSCALE": settings.databricks.autoscale,
     }
     given = [name for name, value in new_spec.items() if value]
-    if settings.databricks_cluster_id:
+    if settings.databricks.cluster_id:
         if given:
             raise DatabricksConfigError(
                 f"BACKFILL_DATABRICKS_CLUSTER_ID is set together with {', '.join(given)}: choose an "
                 "existing cluster (BACKFILL_DATABRICKS_CLUSTER_ID) or a new job cluster per step "
                 "(the others), and unset the rest."
             )
-        return {"existing": settings.databricks_cluster_id}
+        return {"existing": settings.databricks.cluster_id}
     if not given:
         raise DatabricksConfigError(
             "No cluster configured: set BACKFILL_DATABRICKS_CLUSTER_ID to an existing cluster id, or "
@@ -140,7 +135,7 @@ def _cluster_config(settings: Settings) -> dict[str, Any]:
             f"Invalid new job cluster spec: {', '.join(missing)} must be set "
             "(e.g. BACKFILL_DATABRICKS_SPARK_VERSION=15.4.x-scala2.12, BACKFILL_DATABRICKS_NODE_TYPE=i3.xlarge)."
         )
-    workers, autoscale = settings.databricks_num_workers, settings.databricks_autoscale
+    workers, autoscale = settings.databricks.num_workers, settings.databricks.autoscale
     if bool(workers) == bool(autoscale):
         raise DatabricksConfigError(
             "Invalid new job cluster spec: set exactly one of BACKFILL_DATABRICKS_NUM_WORKERS "
@@ -162,8 +157,8 @@ def _cluster_config(settings: Settings) -> dict[str, Any]:
         size = {"autoscale": {"min_workers": int(low), "max_workers": int(high)}}
     return {
         "new": {
-            "spark_version": settings.databricks_spark_version,
-            "nodes": {"node_types": {"node_type_id": settings.databricks_node_type}},
+            "spark_version": settings.databricks.spark_version,
+            "nodes": {"node_types": {"node_type_id": settings.databricks.node_type}},
             "size": size,
         }
     }
@@ -192,7 +187,7 @@ def launcher_config(settings: Settings) -> dict[str, Any]:
 
     Raises :class:`DatabricksConfigError` naming the variable to fix.
     """
-    host = settings.databricks_host
+    host = settings.databricks.host
     if not host:
         raise DatabricksConfigError(
             "BACKFILL_DATABRICKS_HOST is not set: set it to the workspace URL, e.g. "
@@ -201,20 +196,20 @@ def launcher_config(settings: Settings) -> dict[str, Any]:
     parsed = urlparse(host if "://" in host else f"https://{host}")
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise DatabricksConfigError(f"BACKFILL_DATABRICKS_HOST={host!r} is not a workspace URL.")
-    prefix = settings.databricks_staging_prefix
+    prefix = settings.databricks.staging_prefix
     if not prefix.startswith("/"):
         raise DatabricksConfigError(
             f"BACKFILL_DATABRICKS_STAGING_PREFIX={prefix!r} must be an absolute DBFS path, e.g. /dagster_staging."
         )
-    max_wait = _positive_number("BACKFILL_DATABRICKS_MAX_WAIT_S", settings.databricks_max_wait_s, int)
+    max_wait = _positive_number("BACKFILL_DATABRICKS_MAX_WAIT_S", settings.databricks.max_wait_s, int)
     run_config: dict[str, Any] = {
         "run_name": RUN_NAME,
         "cluster": _cluster_config(settings),
-        "libraries": _libraries(settings.databricks_libraries),
+        "libraries": _libraries(settings.databricks.libraries),
         "timeout_seconds": max_wait,
     }
     permissions: dict[str, Any] = {}
-    groups = [g.strip() for g in settings.databricks_viewer_groups.split(",") if g.strip()]
+    groups = [g.strip() for g in settings.databricks.viewer_groups.split(",") if g.strip()]
     if groups:
         permissions["job_permissions"] = {"CAN_VIEW": [{"group_name": g} for g in groups]}
     return {
@@ -228,7 +223,7 @@ def launcher_config(settings: Settings) -> dict[str, Any]:
         "wait_for_logs": False,
         "max_completion_wait_time_seconds": max_wait,
         "poll_interval_sec": _positive_number(
-            "BACKFILL_DATABRICKS_POLL_INTERVAL_S", settings.databricks_poll_interval_s
+            "BACKFILL_DATABRICKS_POLL_INTERVAL_S", settings.databricks.poll_interval_s
         ),
         "verbose_logs": False,
         "add_dagster_env_variables": False,
@@ -238,7 +233,7 @@ def launcher_config(settings: Settings) -> dict[str, Any]:
 def _credentials(settings: Settings) -> dict[str, Any]:
     """The token or OAuth credentials, read with ``dagster.EnvVar`` at launcher start only."""
     has_token = secret_is_set(DATABRICKS_TOKEN_VAR)
-    has_oauth = bool(settings.databricks_client_id) or secret_is_set(DATABRICKS_CLIENT_SECRET_VAR)
+    has_oauth = bool(settings.databricks.client_id) or secret_is_set(DATABRICKS_CLIENT_SECRET_VAR)
     if has_token and has_oauth:
         raise DatabricksConfigError(
             f"Both {DATABRICKS_TOKEN_VAR} and OAuth credentials (BACKFILL_DATABRICKS_CLIENT_ID / "
@@ -247,14 +242,14 @@ def _credentials(settings: Settings) -> dict[str, Any]:
     if has_token:
         return {"databricks_token": dg.EnvVar(DATABRICKS_TOKEN_VAR).get_value()}
     if has_oauth:
-        if not settings.databricks_client_id or not secret_is_set(DATABRICKS_CLIENT_SECRET_VAR):
-            missing = "BACKFILL_DATABRICKS_CLIENT_ID" if not settings.databricks_client_id else DATABRICKS_CLIENT_SECRET_VAR
+        if not settings.databricks.client_id or not secret_is_set(DATABRICKS_CLIENT_SECRET_VAR):
+            missing = "BACKFILL_DATABRICKS_CLIENT_ID" if not settings.databricks.client_id else DATABRICKS_CLIENT_SECRET_VAR
             raise DatabricksConfigError(
                 f"OAuth needs both BACKFILL_DATABRICKS_CLIENT_ID and {DATABRICKS_CLIENT_SECRET_VAR}: set {missing}."
             )
         return {
             "oauth_credentials": {
-                "client_id": settings.databricks_client_id,
+                "client_id": settings.databricks.client_id,
                 "client_secret": dg.EnvVar(DATABRICKS_CLIENT_SECRET_VAR).get_value(),
             }
         }
@@ -284,20 +279,20 @@ def _check_workspace(launcher: Any, settings: Settings, credential_var: str) -> 
         client.dbfs.get_status("/")
     except SdkError as error:
         raise DatabricksConfigError(
-            f"The workspace {settings.databricks_host} rejected the credentials in {credential_var} "
+            f"The workspace {settings.databricks.host} rejected the credentials in {credential_var} "
             f"({error.__class__.__name__}: {error}). Set a valid token / service principal."
         ) from None
     except Exception as error:  # OAuth token endpoint failures and the like
         raise DatabricksConfigError(
-            f"Could not authenticate to {settings.databricks_host} with {credential_var}: "
+            f"Could not authenticate to {settings.databricks.host} with {credential_var}: "
             f"{error.__class__.__name__}: {error}"
         ) from None
-    if settings.databricks_cluster_id:
+    if settings.databricks.cluster_id:
         try:
-            client.clusters.get(settings.databricks_cluster_id)
+            client.clusters.get(settings.databricks.cluster_id)
         except SdkError as error:
             raise DatabricksConfigError(
-                f"BACKFILL_DATABRICKS_CLUSTER_ID={settings.databricks_cluster_id}: {error}. "
+                f"BACKFILL_DATABRICKS_CLUSTER_ID={settings.databricks.cluster_id}: {error}. "
                 "Set it to the id of a cluster in this workspace (Compute > cluster > Configuration > JSON)."
             ) from None
 
@@ -348,7 +343,7 @@ def databricks_step_launcher(settings: Settings) -> dg.ResourceDefinition:
         resource_fn=init,
         description=(
             "dagster_databricks.databricks_pyspark_step_launcher configured from BACKFILL_DATABRICKS_* "
-            "(token via EnvVar), with Databricks-side failures classified (databricks_errors.py)."
+            "(token via EnvVar), with Databricks-side failures classified (databricks_failures.py, classification.py)."
         ),
     )
 
@@ -365,16 +360,8 @@ class BackfillDatabricksStepLauncher(DatabricksPySparkStepLauncher):
             yield from super().launch_step(step_context)
         except DatabricksStepError:
             raise
-        except SdkError as error:
-            status = _http_status(error)
-            raise ERROR_TYPES[classify_http_status(status)](
-                f"Databricks API call failed before the run finished (HTTP {status or '?'} "
-                f"{error.__class__.__name__}: {error}). No Databricks run result is available."
-            ) from None
-        except OSError as error:  # connection refused / reset while submitting or polling
-            raise ERROR_TYPES[classify_http_status(None)](
-                f"Lost contact with the Databricks workspace ({error.__class__.__name__}: {error})."
-            ) from None
+        except OSError as error:  # an SDK HTTP error, or connection refused / reset (no answer at all)
+            raise api_failure(error) from None
 
     def step_events_iterator(self, step_context, step_key, databricks_run_id):
         try:
@@ -408,23 +395,3 @@ class BackfillDatabricksStepLauncher(DatabricksPySparkStepLauncher):
             detail=detail.strip(),
         )
 
-
-def _http_status(error: Exception) -> int | None:
-    from databricks.sdk import errors
-
-    statuses = {
-        errors.BadRequest: 400,
-        errors.Unauthenticated: 401,
-        errors.PermissionDenied: 403,
-        errors.NotFound: 404,
-        errors.ResourceConflict: 409,
-        errors.TooManyRequests: 429,
-        errors.InternalError: 500,
-        errors.NotImplemented: 501,
-        errors.TemporarilyUnavailable: 503,
-        errors.DeadlineExceeded: 504,
-    }
-    for cls, status in statuses.items():
-        if isinstance(error, cls):
-            return status
-    return None

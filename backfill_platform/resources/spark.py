@@ -19,9 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dagster import InitResourceContext
-from dagster_pyspark import PySparkResource
-from pydantic import PrivateAttr
+from dagster_pyspark import LazyPySparkResource
 
 from backfill_platform.settings import Settings
 
@@ -46,7 +44,7 @@ def local_spark_config(settings: Settings) -> dict[str, str]:
     """Spark settings for the embedded local deployment, sized for a small machine."""
     data_dir = Path(settings.data_dir)
     config = {
-        "spark.master": settings.spark_master,
+        "spark.master": settings.spark.master,
         "spark.app.name": "backfill_platform",
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
@@ -70,7 +68,7 @@ def local_spark_config(settings: Settings) -> dict[str, str]:
         "spark.driver.extraJavaOptions": SHORT_LIVED_JVM_OPTIONS,
     }
     config.update(delta_jars_config(settings))
-    config.update(settings.spark_conf)
+    config.update(settings.spark.conf)
     return config
 
 
@@ -82,10 +80,10 @@ def delta_jars_config(settings: Settings) -> dict[str, str]:
     ``spark.jars`` and skips resolution (which costs a second and is not safe to run from several
     processes at once).
     """
-    if settings.spark_jars:
-        return {"spark.jars": settings.spark_jars}
+    if settings.spark.jars:
+        return {"spark.jars": settings.spark.jars}
     coordinate = delta_maven_coordinate()
-    ivy_home = settings.jar_cache_dir / coordinate.replace(":", "_")
+    ivy_home = settings.spark.jar_cache_dir / coordinate.replace(":", "_")
     jars = sorted((ivy_home / "jars").glob("*.jar"))
     if (ivy_home / "complete").exists() and jars:
         return {"spark.jars": ",".join(str(jar) for jar in jars)}
@@ -129,27 +127,22 @@ def explain_start_failure(spark_config: dict[str, Any], error: BaseException) ->
     return f"Spark could not start: {error}. See the lines Spark printed above for the cause."
 
 
-class DeltaSparkResource(PySparkResource):
-    """dagster-pyspark's ``PySparkResource``, lazily started and with clear start-up errors."""
+class DeltaSparkResource(LazyPySparkResource):
+    """dagster-pyspark's ``LazyPySparkResource`` (no session until ``spark_session`` is read), with
+    Delta's jars, clear start-up errors, and an optional Spark Connect server instead of a JVM."""
 
     log_level: str = "ERROR"
     # sc://host:port of a warm Spark Connect server (``backfill-platform spark-server``); empty: start
     # an embedded JVM in this process.
     remote: str = ""
-    _lazy_session: Any = PrivateAttr(default=None)
 
-    def setup_for_execution(self, context: InitResourceContext) -> None:
-        # Deliberately lazy: see the module docstring.
-        self._lazy_session = None
-
-    @property
-    def spark_session(self) -> Any:
-        if self._lazy_session is None:
+    def _init_session(self) -> None:
+        # LazyPySparkResource's hook: called on the first read of spark_session / spark_context.
+        if self._spark_session is None:
             if self.remote:
-                self._lazy_session = start_remote_session(self.remote)
+                self._spark_session = start_remote_session(self.remote)
             else:
-                self._lazy_session = start_spark_session(self.spark_config, self.log_level)
-        return self._lazy_session
+                self._spark_session = start_spark_session(self.spark_config, self.log_level)
 
 
 @contextlib.contextmanager

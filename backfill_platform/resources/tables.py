@@ -92,15 +92,15 @@ class DeltaTables(ConfigurableResource):
         return cls(
             mode=mode,
             warehouse_dir=str(Path(settings.data_dir) / "warehouse") if mode == "path" else "",
-            catalog=settings.catalog,
-            schema_name=settings.schema,
-            source_table=settings.source_table,
-            destination_table=settings.destination_table,
-            calendar_table=settings.calendar_table,
+            catalog=settings.tables.catalog,
+            schema_name=settings.tables.schema,
+            source_table=settings.tables.source_table,
+            destination_table=settings.tables.destination_table,
+            calendar_table=settings.tables.calendar_table,
             seed_demo_source=mode == "path",
         )
 
-    def _location(self, table: str) -> DeltaLocation:
+    def location(self, table: str) -> DeltaLocation:
         name = ".".join(part for part in (self.catalog, self.schema_name, table) if part)
         if self.mode == "path":
             return DeltaLocation(name, str(Path(self.warehouse_dir) / self.schema_name / table))
@@ -108,12 +108,12 @@ class DeltaTables(ConfigurableResource):
 
     @property
     def source(self) -> DeltaLocation:
-        return self._location(self.source_table)
+        return self.location(self.source_table)
 
     @property
     def destination(self) -> DeltaLocation:
-        return self._location(self.destination_table)
+        return self.location(self.destination_table)
 
     @property
     def calendar(self) -> DeltaLocation:
-        return self._location(self.calendar_table)
+        return self.location(self.calendar_table)

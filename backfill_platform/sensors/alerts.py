@@ -21,6 +21,7 @@ from email.message import EmailMessage
 import dagster as dg
 from pydantic import Field
 
+from backfill_platform.partitions import BusinessDays
 from backfill_platform.sensors.failures import describe_failed_run, final_dates, sensor_is_running, targets_destination
 from backfill_platform.settings import Settings
 
@@ -77,14 +78,14 @@ class AlertNotifier(dg.ConfigurableResource):
 
 def alert_notifier(settings: Settings) -> AlertNotifier:
     return AlertNotifier(
-        smtp_host=settings.alert_smtp_host,
-        smtp_port=settings.alert_smtp_port,
-        smtp_user=settings.alert_smtp_user,
-        smtp_password=dg.EnvVar("BACKFILL_ALERT_SMTP_PASSWORD") if settings.alert_smtp_password_set else None,
-        smtp_starttls=settings.alert_smtp_starttls,
-        email_from=settings.alert_email_from,
-        email_to=list(settings.alert_email_to),
-        webhook_url=dg.EnvVar("BACKFILL_ALERT_WEBHOOK_URL") if settings.alert_webhook_set else None,
+        smtp_host=settings.alerts.smtp_host,
+        smtp_port=settings.alerts.smtp_port,
+        smtp_user=settings.alerts.smtp_user,
+        smtp_password=dg.EnvVar("BACKFILL_ALERT_SMTP_PASSWORD") if settings.alerts.smtp_password_set else None,
+        smtp_starttls=settings.alerts.smtp_starttls,
+        email_from=settings.alerts.email_from,
+        email_to=list(settings.alerts.email_to),
+        webhook_url=dg.EnvVar("BACKFILL_ALERT_WEBHOOK_URL") if settings.alerts.webhook_set else None,
     )
 
 
@@ -103,14 +104,14 @@ def alert_text(settings: Settings, run_id: str, dates: list[str], why: str, erro
     return subject, text
 
 
-def build_alert_sensor(settings: Settings) -> dg.SensorDefinition:
+def build_alert_sensor(settings: Settings, business_days: BusinessDays) -> dg.SensorDefinition:
     default_status = (
-        dg.DefaultSensorStatus.RUNNING if settings.automation == "running" else dg.DefaultSensorStatus.STOPPED
+        dg.DefaultSensorStatus.RUNNING if settings.automation.running else dg.DefaultSensorStatus.STOPPED
     )
 
     @dg.run_failure_sensor(
         name=ALERT_SENSOR_NAME,
-        minimum_interval_seconds=settings.alert_interval_seconds,
+        minimum_interval_seconds=settings.alerts.interval_seconds,
         default_status=default_status,
         description="Email / webhook alert when a destination_data date has finally failed (after its retries).",
     )
@@ -120,9 +121,9 @@ def build_alert_sensor(settings: Settings) -> dg.SensorDefinition:
             return dg.SkipReason(f"run {run.run_id} does not materialize destination_data")
         record = context.instance.get_run_record_by_id(run.run_id)
         failed = describe_failed_run(
-            context.instance, record.dagster_run, record.create_timestamp.timestamp()
+            context.instance, record.dagster_run, record.create_timestamp.timestamp(), business_days
         )
-        rerun_on = sensor_is_running(context.instance, settings.automation == "running")
+        rerun_on = sensor_is_running(context.instance, settings.automation.running)
         dates, why = final_dates(failed, settings, rerun_on)
         if not dates:
             return dg.SkipReason(f"run {run.run_id}: not final ({why})")

@@ -7,7 +7,11 @@ try that date again:
 - the run will not be retried by run retries (``dagster/will_retry`` is not ``true``), and
 - the date failed with a logic/data error (single-date run, or a range run whose failure names
   the date as the bad one), or the run was already the last sensor rerun allowed
-  (``rerun_attempt >= BACKFILL_RERUN_MAX_ATTEMPTS``), or the rerun sensor is not running.
+  (``rerun_attempt >= BACKFILL_RERUN_MAX_ATTEMPTS``), or the rerun sensor is not running, or the
+  failure was canceled (``canceled``: never retried, never rerun, whatever the run's dates).
+
+The class is read from the failure's ``FAILURE_CLASS_KEY`` metadata (``classification.py``), the
+same key whether the asset or the Databricks launcher raised it.
 
 A failed range run (a backfill chunk) is not final for its dates: the rerun sensor splits it into
 one run per date, so one bad date cannot keep its chunk-mates from landing.
@@ -19,16 +23,23 @@ import dataclasses
 from collections.abc import Sequence
 
 import dagster as dg
-from dagster._core.storage.dagster_run import DagsterRun
-from dagster._core.storage.tags import WILL_RETRY_TAG
 
-from backfill_platform import tags
-from backfill_platform.concurrency import run_dates
-from backfill_platform.retries import BAD_DATES_KEY, ERROR_CLASS_KEY, ERROR_REASON_KEY, LOGIC, classify_text
+from backfill_platform import dagster_internals, tags
+from backfill_platform.classification import (
+    BAD_DATES_KEY,
+    CANCELED,
+    FAILURE_CLASS_KEY,
+    FAILURE_REASON_KEY,
+    LOGIC,
+    TRANSIENT,
+    UNKNOWN,
+    classification_of_failure,
+    classify_text,
+)
+from backfill_platform.partitions import BusinessDays
 from backfill_platform.settings import Settings
+from backfill_platform.tags import DESTINATION, DESTINATION_JOB
 
-DESTINATION = dg.AssetKey("destination_data")
-DESTINATION_JOB = "destination_data_job"
 RERUN_SENSOR_NAME = "rerun_failed_partitions"
 
 
@@ -36,7 +47,7 @@ RERUN_SENSOR_NAME = "rerun_failed_partitions"
 class FailedRun:
     run_id: str
     partitions: tuple[str, ...]
-    error_class: str  # transient, logic or unknown
+    error_class: str  # a classification.FailureClass value: transient, logic, canceled or unknown
     reason: str
     message: str  # first lines of the error, for alerts and rerun tags
     bad_dates: tuple[str, ...]  # dates a logic error names (subset of partitions)
@@ -45,7 +56,7 @@ class FailedRun:
     timestamp: float  # when the run was created (orders the failures of one date)
 
 
-def targets_destination(run: DagsterRun, instance: dg.DagsterInstance | None = None) -> bool:
+def targets_destination(run: dg.DagsterRun, instance: dg.DagsterInstance | None = None) -> bool:
     if run.job_name == DESTINATION_JOB:
         return True
     if run.asset_selection:
@@ -56,9 +67,6 @@ def targets_destination(run: DagsterRun, instance: dg.DagsterInstance | None = N
     return False
 
 
-def partitions_of(run: DagsterRun) -> list[str]:
-    dates = run_dates(run.tags)
-    return [day.isoformat() for day in dates] if dates else []
 
 
 def _meta(metadata, key, default=None):
@@ -66,27 +74,25 @@ def _meta(metadata, key, default=None):
     return default if value is None else getattr(value, "value", value)
 
 
-def describe_failed_run(instance: dg.DagsterInstance, run: DagsterRun, timestamp: float) -> FailedRun:
+def describe_failed_run(
+    instance: dg.DagsterInstance, run: dg.DagsterRun, timestamp: float, business_days: BusinessDays
+) -> FailedRun:
     """Read the run's last step failure (or its run failure) and its lineage tags."""
-    partitions = tuple(partitions_of(run))
-    error_class, reason, message, bad = "unknown", "run failed", "", ()
+    partitions = tuple(business_days.run_keys(run.tags))
+    error_class, reason, message, bad = UNKNOWN.value, "run failed", "", ()
     step_failures = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
     if step_failures:
         data = step_failures[-1].dagster_event.step_failure_data
         user = data.user_failure_data
-        databricks_class = _meta(user.metadata, "databricks_failure_class") if user and user.metadata else None
-        if databricks_class:  # resources/databricks_errors.py: the launcher's own classification
-            error_class = {"canceled": LOGIC}.get(str(databricks_class), str(databricks_class))
-            reason = f"Databricks: {databricks_class}"
-            message = user.description or ""
-        elif user is not None and user.metadata and ERROR_CLASS_KEY in user.metadata:
-            error_class = str(_meta(user.metadata, ERROR_CLASS_KEY))
-            reason = str(_meta(user.metadata, ERROR_REASON_KEY, ""))
+        if user is not None and user.metadata and FAILURE_CLASS_KEY in user.metadata:
+            error_class = str(_meta(user.metadata, FAILURE_CLASS_KEY))
+            reason = str(_meta(user.metadata, FAILURE_REASON_KEY, ""))
             bad = tuple(_meta(user.metadata, BAD_DATES_KEY, []) or [])
             message = user.description or ""
         elif data.error is not None:
             message = data.error.message
-            error_class = classify_text(data.error.cls_name or "", data.error.message)
+            kind = classification_of_failure(data.error) or classify_text(data.error.cls_name or "", message)
+            error_class = kind.value
             reason = f"step failed: {data.error.cls_name}"
     else:
         run_failures = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
@@ -98,9 +104,10 @@ def describe_failed_run(instance: dg.DagsterInstance, run: DagsterRun, timestamp
         message = (run_failures[-1].message if run_failures else "") or ""
         if engine:
             message = f"{engine[-1]} {message}".strip()
-        error_class = classify_text("", message)
-        if error_class == "unknown":
-            error_class = "transient"  # a run that died without a step failure: worker death, timeout
+        kind = classify_text("", message)
+        if kind == UNKNOWN:
+            kind = TRANSIENT  # a run that died without a step failure: worker death, timeout
+        error_class = kind.value
         reason = "run worker died or run timed out"
     return FailedRun(
         run_id=run.run_id,
@@ -110,7 +117,7 @@ def describe_failed_run(instance: dg.DagsterInstance, run: DagsterRun, timestamp
         message="\n".join(message.strip().splitlines()[:3])[:500],
         bad_dates=tuple(day for day in bad if day in partitions),
         rerun_attempt=int(run.tags.get(tags.RERUN_ATTEMPT, "0") or 0),
-        will_retry=run.tags.get(WILL_RETRY_TAG) == "true",
+        will_retry=run.tags.get(tags.WILL_RETRY) == "true",
         timestamp=timestamp,
     )
 
@@ -119,6 +126,8 @@ def final_dates(failed: FailedRun, settings: Settings, rerun_sensor_running: boo
     """The dates this failure is final for, and why ([] when something will retry them)."""
     if failed.will_retry or not failed.partitions:
         return [], "a run retry will follow"
+    if failed.error_class == CANCELED:
+        return list(failed.partitions), "canceled"
     several = len(failed.partitions) > 1
     if failed.error_class == LOGIC:
         if not several or not rerun_sensor_running:
@@ -130,33 +139,27 @@ def final_dates(failed: FailedRun, settings: Settings, rerun_sensor_running: boo
         return list(failed.partitions), "retries exhausted (the rerun sensor is not running)"
     if several:
         return [], "range run: its dates are rerun one per run"
-    if failed.rerun_attempt >= settings.rerun_max_attempts:
+    if failed.rerun_attempt >= settings.retries.rerun_max_attempts:
         return list(failed.partitions), f"gave up after {failed.rerun_attempt} sensor rerun(s)"
     return [], "the rerun sensor will rerun it"
 
 
 def sensor_is_running(instance: dg.DagsterInstance, default_running: bool, name: str = RERUN_SENSOR_NAME) -> bool:
     """Whether the rerun sensor is on (its stored state, else its default status in code)."""
-    from dagster._core.definitions.run_request import InstigatorType
-    from dagster._core.scheduler.instigation import InstigatorStatus
-
-    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
-        if state.name == name and state.status != InstigatorStatus.DECLARED_IN_CODE:
-            return state.status == InstigatorStatus.RUNNING
-    return default_running
+    stored = dagster_internals.sensor_is_running(instance, name)
+    return default_running if stored is None else stored
 
 
 def failed_runs_since(
     instance: dg.DagsterInstance, after_timestamp: float, limit: int = 500
-) -> Sequence[tuple[DagsterRun, float, float]]:
+) -> Sequence[tuple[dg.DagsterRun, float, float]]:
     """Failed runs of destination_data updated after a timestamp, oldest first."""
     import datetime as dt
 
-    from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
     records = instance.get_run_records(
-        filters=RunsFilter(
-            statuses=[DagsterRunStatus.FAILURE],
+        filters=dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.FAILURE],
             updated_after=dt.datetime.fromtimestamp(after_timestamp, tz=dt.timezone.utc),
         ),
         limit=limit,

@@ -12,7 +12,7 @@ Each tick:
 3. requests at most ``BACKFILL_RERUN_BATCH_SIZE`` reruns, one run per date (a failed range run is
    thereby split into single dates), each tagged with its lineage: ``rerun_of_run_id``,
    ``rerun_attempt`` (1, 2, ...), ``rerun_reason``, ``requested_by``;
-4. gives up on a date whose failure is a logic/data error, or whose failed run was already attempt
+4. gives up on a date whose failure is a logic/data error or was canceled, or whose failed run was already attempt
    ``BACKFILL_RERUN_MAX_ATTEMPTS``: it tags that run ``backfill_platform/rerun_gave_up=true`` (plus
    ``..._reason``), logs it, and names it in the tick's message. A status report finds every
    give-up with ``instance.get_runs(RunsFilter(tags={GAVE_UP: "true"}))`` (``tags.GAVE_UP``), and
@@ -33,11 +33,10 @@ import json
 import time
 
 import dagster as dg
-from dagster._core.storage.tags import WILL_RETRY_TAG
 
 from backfill_platform import tags
-from backfill_platform.partitions import business_day_partitions
-from backfill_platform.retries import LOGIC
+from backfill_platform.classification import CANCELED, LOGIC
+from backfill_platform.partitions import BusinessDays
 from backfill_platform.sensors.failures import (
     DESTINATION,
     RERUN_SENSOR_NAME,
@@ -98,14 +97,16 @@ def _compact(failed: FailedRun) -> dict:
     }
 
 
-def decide_reruns(instance: dg.DagsterInstance, cursor: RerunCursor, settings: Settings, now: float) -> RerunDecision:
-    window_start = now - settings.rerun_days_back * 86400
+def decide_reruns(
+    instance: dg.DagsterInstance, cursor: RerunCursor, settings: Settings, now: float, business_days: BusinessDays
+) -> RerunDecision:
+    window_start = now - settings.retries.rerun_days_back * 86400
     # 1. new failures since the cursor
     for run, updated, created in failed_runs_since(instance, max(cursor.after, window_start)):
         cursor.after = max(cursor.after, updated)
-        if instance.run_retries_enabled and WILL_RETRY_TAG not in run.tags:
+        if instance.run_retries_enabled and tags.WILL_RETRY not in run.tags:
             continue  # run retries have not decided yet; the run is read again once they have
-        failed = describe_failed_run(instance, run, created)
+        failed = describe_failed_run(instance, run, created, business_days)
         cursor.runs[run.run_id] = _compact(failed)
         for day in failed.partitions:
             given_up = cursor.given_up.get(day)
@@ -124,9 +125,7 @@ def decide_reruns(instance: dg.DagsterInstance, cursor: RerunCursor, settings: S
         return RerunDecision([], {}, 0, cursor)
 
     # 2. which of them are still failed, with nothing queued or running
-    from dagster._core.storage.partition_status_cache import AssetPartitionStatus
-
-    status = instance.get_status_by_partition(DESTINATION, sorted(cursor.pending), business_day_partitions) or {}
+    status = instance.get_status_by_partition(DESTINATION, sorted(cursor.pending), business_days.partitions_def) or {}
     reruns: list[dg.RunRequest] = []
     gave_up: dict[str, str] = {}
     waiting = 0
@@ -134,20 +133,22 @@ def decide_reruns(instance: dg.DagsterInstance, cursor: RerunCursor, settings: S
         run_id = cursor.pending[day]
         failure = cursor.runs[run_id]
         state = status.get(day)
-        if state == AssetPartitionStatus.MATERIALIZED:
+        if state == dg.AssetPartitionStatus.MATERIALIZED:
             del cursor.pending[day]  # repaired by some later run
             continue
-        if state == AssetPartitionStatus.IN_PROGRESS or failure["will_retry"]:
+        if state == dg.AssetPartitionStatus.IN_PROGRESS or failure["will_retry"]:
             waiting += 1
             continue
         single = not failure["several"]
-        if failure["error_class"] == LOGIC and (single or day in failure["bad_dates"]):
+        if failure["error_class"] == CANCELED:
+            why = "canceled"  # never rerun, whatever the run's dates
+        elif failure["error_class"] == LOGIC and (single or day in failure["bad_dates"]):
             first_line = failure["message"].splitlines()[0] if failure["message"] else failure["reason"]
             why = f"logic/data error, not retried: {first_line}"
-        elif single and failure["rerun_attempt"] >= settings.rerun_max_attempts:
+        elif single and failure["rerun_attempt"] >= settings.retries.rerun_max_attempts:
             why = (
                 f"still failing after {failure['rerun_attempt']} sensor rerun(s) "
-                f"(limit {settings.rerun_max_attempts})"
+                f"(limit {settings.retries.rerun_max_attempts})"
             )
         else:
             why = ""
@@ -160,7 +161,7 @@ def decide_reruns(instance: dg.DagsterInstance, cursor: RerunCursor, settings: S
             }
             _tag_give_up(instance, run_id, day, why)
             continue
-        if len(reruns) >= settings.rerun_batch_size:
+        if len(reruns) >= settings.retries.rerun_batch_size:
             waiting += 1
             continue
         attempt = failure["rerun_attempt"] + 1
@@ -188,27 +189,27 @@ def _tag_give_up(instance: dg.DagsterInstance, run_id: str, day: str, why: str) 
     )
 
 
-def build_rerun_sensor(settings: Settings, job) -> dg.SensorDefinition:
+def build_rerun_sensor(settings: Settings, job, business_days: BusinessDays) -> dg.SensorDefinition:
     default_status = (
-        dg.DefaultSensorStatus.RUNNING if settings.automation == "running" else dg.DefaultSensorStatus.STOPPED
+        dg.DefaultSensorStatus.RUNNING if settings.automation.running else dg.DefaultSensorStatus.STOPPED
     )
 
     @dg.sensor(
         name=RERUN_SENSOR_NAME,
         job=job,
-        minimum_interval_seconds=settings.rerun_interval_seconds,
+        minimum_interval_seconds=settings.retries.rerun_interval_seconds,
         default_status=default_status,
         description=(
             "Reruns destination_data dates whose latest run failed (one run per date, bounded batches, "
-            f"at most {settings.rerun_max_attempts} reruns per date, failures of the last "
-            f"{settings.rerun_days_back} days); gives up on logic errors and reports give-ups."
+            f"at most {settings.retries.rerun_max_attempts} reruns per date, failures of the last "
+            f"{settings.retries.rerun_days_back} days); gives up on logic errors and reports give-ups."
         ),
     )
     def rerun_failed_partitions(context: dg.SensorEvaluationContext):
         started = time.perf_counter()
         now = time.time()
-        cursor = RerunCursor.load(context.cursor, now - settings.rerun_days_back * 86400)
-        decision = decide_reruns(context.instance, cursor, settings, now)
+        cursor = RerunCursor.load(context.cursor, now - settings.retries.rerun_days_back * 86400)
+        decision = decide_reruns(context.instance, cursor, settings, now, business_days)
         elapsed_ms = (time.perf_counter() - started) * 1000
         for day, why in sorted(decision.gave_up.items()):
             context.log.warning(f"Gave up on {day}: {why}")

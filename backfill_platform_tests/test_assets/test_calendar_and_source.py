@@ -2,9 +2,7 @@ import datetime as dt
 
 import dagster as dg
 
-from backfill_platform.assets import business_calendar
-from backfill_platform.partitions import business_day_partitions
-from backfill_platform_tests.helpers import seed_source
+from backfill_platform_tests.helpers import BUSINESS_DAYS, business_calendar, seed_source
 
 NOW = dt.datetime(2026, 11, 21, 12, tzinfo=dt.timezone.utc)
 
@@ -24,7 +22,7 @@ def test_calendar_table_agrees_day_by_day_with_the_partitions(spark, resources):
     ]
     rows = {row.calendar_date.isoformat(): row for row in table.collect()}
     assert len(rows) == (dt.date(2026, 12, 31) - dt.date(2020, 1, 1)).days + 1 == 2557
-    partitions = set(business_day_partitions.get_partition_keys(current_time=NOW))
+    partitions = set(BUSINESS_DAYS.partitions_def.get_partition_keys(current_time=NOW))
     for day, row in rows.items():
         if "2024-01-01" <= day <= "2026-11-20":
             assert (row.us_business_or_holiday_flag == "B") == (day in partitions), day

@@ -4,12 +4,11 @@ and nothing written on bad input."""
 import dagster as dg
 import pytest
 
-from dagster._core.errors import DagsterUnknownPartitionError
-
-from backfill_platform.assets import destination_data
-from backfill_platform.partitions import InvalidPartitionDateError, partition_dates
+from backfill_platform.partitions import InvalidPartitionDateError
 from backfill_platform_tests.helpers import (
+    BUSINESS_DAYS,
     delta_version,
+    destination_data,
     materialize_destination,
     rows_per_date,
     seed_source,
@@ -105,16 +104,16 @@ def test_an_empty_source_fails_with_a_clear_message(spark, resources):
 
 
 def test_a_holiday_key_is_rejected_with_the_holiday_and_nothing_is_written(spark, seeded):
-    with pytest.raises(DagsterUnknownPartitionError, match="holiday: Independence Day"):
+    with pytest.raises(dg.DagsterUnknownPartitionError, match="holiday: Independence Day"):
         dg.materialize([destination_data], resources=seeded, partition_key="2024-07-04")
     assert not seeded["tables"].destination.exists(spark)
 
 
 def test_the_sql_guard_does_not_rely_on_dagster_validating_keys():
     with pytest.raises(InvalidPartitionDateError, match="weekend"):
-        partition_dates(["2024-07-01", "2024-07-06"])
+        BUSINESS_DAYS.dates_of(["2024-07-01", "2024-07-06"])
     with pytest.raises(InvalidPartitionDateError, match="YYYY-MM-DD"):
-        partition_dates(["2024-07-01' OR '1'='1"])
+        BUSINESS_DAYS.dates_of(["2024-07-01' OR '1'='1"])
 
 
 def test_destination_declares_chunked_backfills_and_the_step_launcher_seam():

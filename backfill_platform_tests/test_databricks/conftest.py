@@ -16,12 +16,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.storage.dagster_run import DagsterRunStatus
 
-from backfill_platform.backfills import DaemonProcess
-from backfill_platform.dev.databricks_emulator import DEFAULT_CLUSTER_ID, DatabricksEmulator
+from backfill_platform.processes import DaemonProcess
 from backfill_platform.settings import PROJECT_ROOT, Settings
 from backfill_platform_tests.conftest import make_dagster_home
+from databricks_emulator import DEFAULT_CLUSTER_ID, DatabricksEmulator
 
 CANARY_TOKEN = "dapi-canary-" + secrets.token_hex(12)
 OAUTH_CLIENT = ("emulated-sp", "oauth-canary-" + secrets.token_hex(8))
@@ -92,7 +91,7 @@ class DatabricksDeployment:
             time.sleep(0.5)
         raise TimeoutError(f"run {run_id} not finished after {timeout_s}s; daemon log:\n{self.daemon_log()}")
 
-    def wait_for_status(self, run_id: str, statuses: set[DagsterRunStatus], timeout_s: float = 180) -> None:
+    def wait_for_status(self, run_id: str, statuses: set[dg.DagsterRunStatus], timeout_s: float = 180) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             run = self.instance.get_run_by_id(run_id)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from backfill_platform.assets import destination_data
 from backfill_platform.resources import local_resources, resources_for
 from backfill_platform.resources.databricks import DatabricksConfigError, databricks_step_launcher
 from backfill_platform.settings import Settings
 from backfill_platform_tests.conftest import free_port
+from backfill_platform_tests.helpers import destination_data
 from backfill_platform_tests.test_databricks.conftest import (
     CANARY_TOKEN,
     OAUTH_CLIENT,

@@ -16,14 +16,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.storage.dagster_run import DagsterRunStatus
 
-from backfill_platform.assets import business_calendar, destination_data, source_data
 from backfill_platform.backfills import backfill_runs, launch_destination_backfill
-from backfill_platform.partitions import business_day_partitions
+from backfill_platform.classification import FAILURE_CLASS_KEY, LOGIC, classification_of_failure
 from backfill_platform.resources import local_resources, resources_for
-from backfill_platform.resources.databricks_errors import FAILURE_CLASS_KEY, classify_failure
 from backfill_platform.settings import Settings
+from backfill_platform_tests.helpers import BUSINESS_DAYS, business_calendar, destination_data, source_data
 from backfill_platform_tests.test_databricks.conftest import (
     CANARY_TOKEN,
     CATALOG,
@@ -36,7 +34,7 @@ SOURCE_CONFIG = {"first_day": "2025-01-02", "last_day": "2025-01-31", "rows_per_
 
 
 def _keys(first: str, last: str) -> list[str]:
-    return [k for k in business_day_partitions.get_partition_keys() if first <= k <= last]
+    return [k for k in BUSINESS_DAYS.partitions_def.get_partition_keys() if first <= k <= last]
 
 
 def _rows(spark, path: Path) -> list[tuple]:
@@ -100,7 +98,7 @@ def test_backfill_on_databricks_matches_local_row_for_row(
             break
         time.sleep(0.5)
     assert runs, f"the daemon launched no run for backfill {backfill_id}:\n{deployment.daemon_log()}"
-    assert [run.status for run in runs] == [DagsterRunStatus.SUCCESS], deployment.explain(runs[0].run_id)
+    assert [run.status for run in runs] == [dg.DagsterRunStatus.SUCCESS], deployment.explain(runs[0].run_id)
     run_id = runs[0].run_id
 
     # The table written on the emulated cluster equals the local deployment's, row for row.
@@ -186,19 +184,21 @@ def failing_runs(emulator, deployment, workspace_source):
 def test_failure_inside_the_remote_step_surfaces_its_traceback(emulator, deployment, failing_runs):
     run_ids, runs = failing_runs
     run_id = run_ids["asset_fails_remotely"]
-    assert runs["asset_fails_remotely"].status == DagsterRunStatus.FAILURE
+    assert runs["asset_fails_remotely"].status == dg.DagsterRunStatus.FAILURE
     failure = deployment.step_failure(run_id)
     assert "has no rows for business date(s) 2025-02-03" in failure.error.message
     assert "destination.py" in "".join(failure.error.stack), failure.error.stack
     assert failure.user_failure_data.metadata["missing_dates"].value == ["2025-02-03"]
-    # A logic error of the asset, not a Databricks failure: the Databricks run itself succeeded.
-    assert classify_failure(failure.error, failure.user_failure_data.metadata) is None
+    # A logic error of the asset (classified by the asset, same key), not a Databricks failure: the
+    # Databricks run itself succeeded.
+    assert classification_of_failure(failure.error, failure.user_failure_data.metadata) == LOGIC
+    assert "[databricks:" not in failure.error.message
     assert _emulated_run_of(emulator, run_id).result_state == "SUCCESS"
 
 
 def test_terminating_the_dagster_run_cancels_the_databricks_run(emulator, failing_runs):
     run_ids, runs = failing_runs
-    assert runs["terminated_by_dagster"].status == DagsterRunStatus.CANCELED
+    assert runs["terminated_by_dagster"].status == dg.DagsterRunStatus.CANCELED
     cancelled = _emulated_run_of(emulator, run_ids["terminated_by_dagster"])
     assert cancelled.run_id in emulator.cancel_requests
     emulator.wait_for_run(cancelled.run_id, timeout_s=10)
@@ -211,10 +211,10 @@ def test_databricks_side_failures_name_the_run_and_are_classified(emulator, depl
     run_ids, runs = failing_runs
     _, life_cycle, result, classification = FAULT_CASES[name]
     run_id = run_ids[name]
-    assert runs[name].status == DagsterRunStatus.FAILURE, deployment.explain(run_id)
+    assert runs[name].status == dg.DagsterRunStatus.FAILURE, deployment.explain(run_id)
     failure = deployment.step_failure(run_id)
     metadata = failure.user_failure_data.metadata
-    assert classify_failure(failure.error, metadata) == classification
+    assert classification_of_failure(failure.error, metadata) == classification
     assert metadata[FAILURE_CLASS_KEY].value == classification
     databricks_run = _emulated_run_of(emulator, run_id)
     if name == "submit_rejected":

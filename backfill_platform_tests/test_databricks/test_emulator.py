@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import base64
-import io
 
 import pytest
-from databricks.sdk import WorkspaceClient
-from databricks.sdk import errors
+from databricks.sdk import WorkspaceClient, errors
 from databricks.sdk.service import iam, jobs
 
-from backfill_platform.dev.databricks_emulator import DEFAULT_CLUSTER_ID
 from backfill_platform_tests.test_databricks.conftest import CANARY_TOKEN
+from databricks_emulator import DEFAULT_CLUSTER_ID
 
 
 @pytest.fixture

@@ -32,12 +32,12 @@ import dagster as dg
 import pytest
 
 from backfill_platform import cli, launch, tags
-from backfill_platform.assets import destination_data, source_data
 from backfill_platform.assets.tables_schema import POSITION_COLUMNS
 from backfill_platform.reports.heatmap import heatmap_size
 from backfill_platform.resources import local_resources
 from backfill_platform.settings import Settings
 from backfill_platform_tests.conftest import make_dagster_home
+from backfill_platform_tests.helpers import destination_data, source_data
 
 SCHEMA = ", ".join(f"{n} {t}" for n, t in POSITION_COLUMNS.items())
 RANGE = ["--from", "2024-07-01", "--to", "2024-07-12"]
@@ -104,12 +104,13 @@ def history_home(tmp_path_factory, spark):
         instance.add_run_tags(e.run_id, {tags.GAVE_UP: "true", tags.GAVE_UP_REASON: "data error: not retried"})
 
         # chunked launch: plan 07-09..07-10 (missing), chunk 1, newest first, into the run queue
-        from backfill_platform import cli_reports
+        from backfill_platform.cli.common import CommandContext
+        from backfill_platform.cli.reports import build_plan
 
         args = argparse.Namespace(reprocess="missing", chunk_size=1, newest_first=True, max_concurrent=None)
-        plan = cli_reports.backfill_selection(instance, args, dt.date(2024, 7, 9), dt.date(2024, 7, 10))
+        plan = build_plan(CommandContext.load(), dt.date(2024, 7, 9), dt.date(2024, 7, 10), args)
         assert [(r.first, r.last) for r in plan.runs] == [("2024-07-10", "2024-07-10"), ("2024-07-09", "2024-07-09")]
-        launch_id = launch.launch_chunks(instance, plan.runs, tags={"team": "risk"}, newest_first=True)
+        launch_id = launch.launch_chunks(instance, plan.runs, base_tags={"team": "risk"}, newest_first=True)
         queued = launch.launch_runs(instance, launch_id)
     runs = {"A": a.run_id, "B": b.run_id, "C": c.run_id, "D": d.run_id, "E": e.run_id}
     return settings, home, runs, queued, env
@@ -279,7 +280,7 @@ def test_asset_backfill_carries_tags_and_run_config_and_its_days_are_in_flight(t
     up, plan shows its days as in flight."""
     from backfill_platform import backfills
     from backfill_platform.assets.destination_config import destination_run_config
-    from backfill_platform.definitions import defs
+    from backfill_platform_tests.helpers import TEST_DEFS as defs
 
     run_config = destination_run_config(full_refresh=True, expectation_policies={"value_in_range": "fail"})
     assert dg.validate_run_config(defs.resolve_job_def("destination_data_job"), run_config)

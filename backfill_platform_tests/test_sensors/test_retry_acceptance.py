@@ -18,7 +18,6 @@ scenario costs minutes; it was exercised by hand (see the issue note).
 
 from __future__ import annotations
 
-import datetime as dt
 import email
 import http.server
 import json
@@ -32,24 +31,27 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from backfill_platform import backfills, tags
 from backfill_platform.assets.source import source_data
-from backfill_platform.definitions import defs
-from backfill_platform.partitions import business_days_between
+from backfill_platform.definitions import build_defs
+from backfill_platform.partitions import BusinessDays
+from backfill_platform.processes import DaemonProcess
 from backfill_platform.resources import local_resources
-from backfill_platform.settings import Settings
+from backfill_platform.settings import CalendarSettings, Settings
 
+from .. import fault_location
 from ..conftest import ARTIFACTS, free_port, make_dagster_home, subprocess_env
+from ..faults import FaultInjector
 
 # The scenarios run ~11 Spark runs through the queue; on a loaded 2-core machine that can take long.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
-FEBRUARY = business_days_between("2024-02-01", "2024-02-29")  # 20 business days (19th: Presidents Day)
-OVERLAP = business_days_between("2024-02-12", "2024-02-26")  # 10 of them, across both chunks
+BUSINESS_DAYS = BusinessDays.from_settings(CalendarSettings())
+FEBRUARY = BUSINESS_DAYS.between("2024-02-01", "2024-02-29")  # 20 business days (19th: Presidents Day)
+OVERLAP = BUSINESS_DAYS.between("2024-02-12", "2024-02-26")  # 10 of them, across both chunks
 TRANSIENT = {"2024-02-02": 1, "2024-02-07": 2, "2024-02-13": 1, "2024-02-15": 2, "2024-02-22": 1, "2024-02-28": 2}
-CHUNK = business_days_between("2024-03-06", "2024-03-08")
+CHUNK = BUSINESS_DAYS.between("2024-03-06", "2024-03-08")
 LOGIC_DAY, HOPELESS_DAY, KILL_DAY, HANG_DAY = "2024-03-06", "2024-03-08", "2024-03-12", "2024-03-14"
 ROWS_PER_DATE = 5
 STEP_RETRIES, RERUN_MAX_ATTEMPTS, MAX_RUNTIME = 3, 2, 300
@@ -111,7 +113,7 @@ def deployment(tmp_path_factory, spark):
     env = subprocess_env(
         settings,
         home,
-        BACKFILL_FAULTS=FAULTS,
+        **{fault_location.FAULTS_VAR: FAULTS, fault_location.FAULT_STATE_DIR_VAR: str(_fault_state_dir(settings))},
         BACKFILL_MAX_PARTITIONS_PER_RUN="10",
         BACKFILL_STEP_MAX_RETRIES=str(STEP_RETRIES),
         BACKFILL_STEP_RETRY_DELAY_SECONDS="0.2",
@@ -126,10 +128,12 @@ def deployment(tmp_path_factory, spark):
         BACKFILL_ALERT_WEBHOOK_URL=f"http://127.0.0.1:{webhook.server_address[1]}/hooks/T000/B000",
         BACKFILL_UI_URL="http://127.0.0.1:3000",
     )
-    from dagster._core.instance.ref import InstanceRef
-
-    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
-    daemon = backfills.DaemonProcess(home, env=env, log_path=ARTIFACTS / "retry_acceptance_daemon.log")
+    instance = dg.DagsterInstance.from_config(str(home))
+    daemon = DaemonProcess(
+        home, env=env, log_path=ARTIFACTS / "retry_acceptance_daemon.log",
+        workspace=fault_location.workspace_yaml(root),  # the product's definitions + FaultInjector
+    )
+    defs = build_defs(settings)
     try:
         # The source, written in this process with the shared Spark session and recorded in the instance.
         resources = local_resources(settings)
@@ -175,10 +179,10 @@ def _wait_until_settled(instance, smtp_sink, timeout_s: float) -> dict:
     expected = set(FEBRUARY) | set(CHUNK) - {LOGIC_DAY, HOPELESS_DAY} | {KILL_DAY}
     quiet_since = None
     while time.monotonic() < deadline:
-        busy = instance.get_runs(filters=RunsFilter(statuses=[
-            DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
-            DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]))
-        gave_up = instance.get_runs(filters=RunsFilter(tags={tags.GAVE_UP: "true"}))
+        busy = instance.get_runs(filters=dg.RunsFilter(statuses=[
+            dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+            dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]))
+        gave_up = instance.get_runs(filters=dg.RunsFilter(tags={tags.GAVE_UP: "true"}))
         gave_up_dates = {d for run in gave_up for d in run.tags.get(tags.GAVE_UP_DATES, "").split(",") if d}
         done = (
             expected <= _materialized(instance)
@@ -204,9 +208,11 @@ def _destination_runs(instance) -> list:
 
 
 def _dates(run) -> list[str]:
-    from backfill_platform.sensors.failures import partitions_of
+    return BUSINESS_DAYS.run_keys(run.tags)
 
-    return partitions_of(run)
+
+def _fault_state_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "fault-injection"
 
 
 def _attempts(instance, run_id: str) -> int:
@@ -251,16 +257,14 @@ def test_transient_failures_all_land_within_limits_and_overlapping_backfills_nev
     runs = [r for r in _destination_runs(instance) if set(_dates(r.dagster_run)) & set(FEBRUARY)]
     assert {r.dagster_run.tags.get("dagster/backfill") for r in runs} == {
         deployment["backfills"]["february"], deployment["backfills"]["overlap"]}
-    assert all(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in runs), [r.dagster_run.status for r in runs]
+    assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in runs), [r.dagster_run.status for r in runs]
     assert len(runs) == 3  # 2 chunks of the 20 days + 1 chunk of the 10 overlapping days; no reruns needed
     assert set(FEBRUARY) <= _materialized(instance)
     # limits: each run attempted its step at most 1 + step retries times ...
     per_run = {r.dagster_run.run_id: _attempts(instance, r.dagster_run.run_id) for r in runs}
     assert all(1 <= n <= 1 + STEP_RETRIES for n in per_run.values()), per_run
     # ... and each date failed exactly as often as injected (counted independently by the injector)
-    from backfill_platform.faults import FaultInjector
-
-    injector = FaultInjector.from_settings(settings)
+    injector = FaultInjector(spec=FAULTS, state_dir=str(_fault_state_dir(settings)))
     by_date = _attempts_by_date(instance, runs)
     for day, n in TRANSIENT.items():
         assert injector.attempts(day) == by_date[day], (day, injector.attempts(day), by_date[day])
@@ -293,7 +297,7 @@ def test_logic_error_fails_once_chunk_is_bisected_and_the_sensor_gives_up(deploy
     runs = sorted((r for r in _destination_runs(instance) if set(_dates(r.dagster_run)) & set(CHUNK)),
                   key=lambda r: r.create_timestamp)
     chunk_run = runs[0]
-    assert _dates(chunk_run.dagster_run) == CHUNK and chunk_run.dagster_run.status == DagsterRunStatus.FAILURE
+    assert _dates(chunk_run.dagster_run) == CHUNK and chunk_run.dagster_run.status == dg.DagsterRunStatus.FAILURE
     assert _attempts(instance, chunk_run.dagster_run.run_id) == 1  # logic error: no step retry
     assert chunk_run.dagster_run.tags.get("dagster/will_retry") == "false"  # and no run retry
     reruns = runs[1:]
@@ -311,7 +315,7 @@ def test_logic_error_fails_once_chunk_is_bisected_and_the_sensor_gives_up(deploy
     assert all(_attempts(instance, r.dagster_run.run_id) == 1 + STEP_RETRIES for r in hopeless)
     assert hopeless[1].dagster_run.tags.get(tags.GAVE_UP) == "true"
     assert chunk_run.dagster_run.run_id in {
-        r.run_id for r in instance.get_runs(filters=RunsFilter(tags={tags.GAVE_UP: "true"}))}
+        r.run_id for r in instance.get_runs(filters=dg.RunsFilter(tags={tags.GAVE_UP: "true"}))}
     landed = _materialized(instance)
     assert set(CHUNK) - {LOGIC_DAY, HOPELESS_DAY} <= landed and not {LOGIC_DAY, HOPELESS_DAY} & landed
     dest, src = _table_rows(spark, settings, CHUNK)
@@ -366,7 +370,7 @@ def test_killed_worker_leaves_no_partial_data_and_the_sensor_completes_the_date(
     instance, settings = deployment["instance"], deployment["settings"]
     runs = sorted((r for r in _destination_runs(instance) if _dates(r.dagster_run) == [KILL_DAY]),
                   key=lambda r: r.create_timestamp)
-    assert [r.dagster_run.status for r in runs] == [DagsterRunStatus.FAILURE, DagsterRunStatus.SUCCESS]
+    assert [r.dagster_run.status for r in runs] == [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.SUCCESS]
     killed, rerun = runs
     failure_text = " ".join(
         e.message or "" for e in instance.all_logs(killed.dagster_run.run_id)

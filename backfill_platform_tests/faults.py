@@ -1,7 +1,9 @@
-"""TEST-ONLY fault injection for ``destination_data`` (acceptance tests of retries and reruns).
+"""Fault injection for ``destination_data``: the test binding of its ``write_hooks`` resource.
 
-Never set ``BACKFILL_FAULTS`` in a real deployment. When it is empty (the default) nothing here
-does anything. When set, it names business dates and what happens when a run processes them::
+The product binds ``backfill_platform.resources.write_hooks.WriteHooks``, which does nothing. The
+acceptance tests bind :class:`FaultInjector` instead (``fault_location.py`` is the code location
+their daemon loads), configured by a spec that names business dates and what happens when a run
+processes them::
 
     BACKFILL_FAULTS="2024-03-04=transient:2,2024-03-05=logic,2024-03-06=kill:1"
 
@@ -14,8 +16,8 @@ does anything. When set, it names business dates and what happens when a run pro
 - ``hang:N`` the first N attempts that include the date sleep for an hour before writing, so the
   run's maximum runtime (``dagster/max_runtime``, run monitoring) ends it.
 
-Attempts are counted per date in files under ``BACKFILL_FAULT_STATE_DIR`` (default
-``<BACKFILL_DATA_DIR>/fault-injection``), so counts survive process deaths and span runs. A ``kill``
+Attempts are counted per date in files under ``state_dir``, so counts survive process deaths and span
+runs. A ``kill``
 counts only when it fires (from the Spark task), so an attempt that failed earlier for another
 reason does not use it up.
 """
@@ -29,8 +31,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from backfill_platform.retries import DataQualityError
-from backfill_platform.settings import Settings, SettingsError
+from backfill_platform.classification import DataQualityError
+from backfill_platform.resources.write_hooks import WriteHooks
+from backfill_platform.settings import SettingsError
 
 KINDS = ("transient", "logic", "kill", "hang")
 
@@ -66,35 +69,37 @@ def parse_faults(spec: str) -> dict[str, Fault]:
     return faults
 
 
-class FaultInjector:
-    def __init__(self, faults: dict[str, Fault], state_dir: Path):
-        self.faults = faults
-        self.state_dir = Path(state_dir)
+class FaultInjector(WriteHooks):
+    """``write_hooks`` that inject the faults of ``spec`` (see the module docstring)."""
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> FaultInjector:
-        state_dir = settings.fault_state_dir or Path(settings.data_dir) / "fault-injection"
-        return cls(parse_faults(settings.faults), state_dir)
+    spec: str = ""
+    state_dir: str
+
+    @property
+    def faults(self) -> dict[str, Fault]:
+        return parse_faults(self.spec)
 
     @property
     def enabled(self) -> bool:
         return bool(self.faults)
 
+    def before_write(self, dates: Sequence[str], frame):
+        return self.arm_kill(frame, self.raise_injected(dates))
+
     def _next_attempt(self, day: str) -> int:
         """Record one more attempt of ``day`` and return its number (1, 2, ...), across processes."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        return record_attempt(self.state_dir / f"{day}.attempts", f"{os.getpid()} {time.time_ns()}")
+        Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+        return record_attempt(Path(self.state_dir) / f"{day}.attempts", f"{os.getpid()} {time.time_ns()}")
 
     def attempts(self, day: str) -> int:
-        path = self.state_dir / f"{day}.attempts"
+        path = Path(self.state_dir) / f"{day}.attempts"
         return len(path.read_text().splitlines()) if path.exists() else 0
 
-    def before_write(self, dates: Sequence[str]) -> list[str]:
+    def raise_injected(self, dates: Sequence[str]) -> list[str]:
         """Raise the injected failures of this attempt; return the dates whose kill is armed."""
-        if not self.enabled:
-            return []
-        mine = [day for day in dates if day in self.faults]
-        logic = [day for day in mine if self.faults[day].kind == "logic"]
+        faults = self.faults
+        mine = [day for day in dates if day in faults]
+        logic = [day for day in mine if faults[day].kind == "logic"]
         if logic:
             for day in logic:
                 self._next_attempt(day)
@@ -103,7 +108,7 @@ class FaultInjector:
             )
         failing, armed, hanging = [], [], []
         for day in mine:
-            fault = self.faults[day]
+            fault = faults[day]
             if fault.kind == "kill":  # counted by the Spark task that fires it (arm_kill)
                 if self.attempts(day) < fault.times:
                     armed.append(day)
@@ -124,12 +129,18 @@ class FaultInjector:
         """Make the Delta write's Spark tasks SIGKILL the run's worker process(es) mid-write."""
         if not armed:
             return frame
+        import sys
+
+        from pyspark import cloudpickle
         from pyspark.sql import functions as F
         from pyspark.sql.types import BooleanType
 
+        # The UDF runs in Spark's Python workers, which need not find this test module on their path.
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
         targets = run_worker_pids()
-        counters = [self.state_dir / f"{day}.attempts" for day in armed]
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        counters = [Path(self.state_dir) / f"{day}.attempts" for day in armed]
+        Path(self.state_dir).mkdir(parents=True, exist_ok=True)
         token = f"kill {os.getpid()} {time.time_ns()}"  # this attempt, however many tasks fire it
 
         def kill_run_worker(_value) -> bool:

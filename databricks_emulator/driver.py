@@ -1,6 +1,6 @@
-"""The driver of the emulated Databricks cluster: ``python databricks_driver.py FILE [PARAMS...]``.
+"""The driver of the emulated Databricks cluster: ``python driver.py FILE [PARAMS...]``.
 
-Started by ``databricks_emulator.py`` for each ``spark_python_task``. Like the Databricks runtime it
+Started by ``databricks_emulator.runs`` for each ``spark_python_task``. Like the Databricks runtime it
 gives the task the cluster's Spark session (local Spark + Delta here: on an existing cluster it
 attaches to the cluster's long-lived driver JVM, started once with ``--cluster STATE_FILE``; on a new
 job cluster it starts its own), defines the ``spark``, ``sc`` and
@@ -112,7 +112,7 @@ def _attach_to_cluster():
     gateway = launch_gateway()  # connects to the running JVM (PYSPARK_GATEWAY_PORT), starts nothing
     jvm = gateway.jvm
     jsc = jvm.org.apache.spark.api.java.JavaSparkContext.fromSparkContext(jvm.org.apache.spark.SparkContext.getOrCreate())
-    sc = SparkContext(gateway=gateway, jsc=jsc, conf=SparkConf(_jvm=jvm, _jconf=jsc.getConf()))
+    SparkContext(gateway=gateway, jsc=jsc, conf=SparkConf(_jvm=jvm, _jconf=jsc.getConf()))  # the `sc` the session wraps
     return SparkSession.builder.getOrCreate(), False  # the cluster's default session; never stop it
 
 

@@ -1,0 +1,145 @@
+"""``backfill-platform plan`` and ``status``: read from the Dagster instance in ``DAGSTER_HOME`` (run
+storage, event log, asset partition status, backfills); nothing here loops over dates to run them.
+
+Exit codes: 0 ok, 1 failures present (``status``: some business day failed), 2 bad input, 3 nothing
+to report (``status`` on an instance without any destination_data run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+from backfill_platform.cli.common import (
+    EXIT_EMPTY,
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandContext,
+    UsageError,
+    add_range_arguments,
+    positive_int,
+    say,
+)
+from backfill_platform.reports.history import FAILED, destination_runs, load_history
+from backfill_platform.reports.plan import REPROCESS, Plan, make_plan
+from backfill_platform.reports.render import RENDERERS
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reprocess", choices=REPROCESS, default="missing",
+        help="which business days to (re)process: missing (default), failed (missing + failed), all",
+    )
+    parser.add_argument("--chunk-size", type=positive_int, help="business days per run (default: the asset's backfill policy)")
+    parser.add_argument("--newest-first", action="store_true", help="launch the newest dates first")
+    parser.add_argument("--max-concurrent", type=positive_int, help="at most N runs of this backfill queued or running at once")
+
+
+def add_commands(commands) -> None:
+    plan = commands.add_parser("plan", help="dry run: what a backfill over [--from, --to] would do (launches nothing)")
+    add_range_arguments(plan, required=True)
+    add_selection_arguments(plan)
+    plan.add_argument("--format", choices=("text", "json"), default="text")
+    plan.set_defaults(handler=cmd_plan)
+
+    status = commands.add_parser("status", help="coverage, attempts and retry analytics of destination_data")
+    add_range_arguments(status, required=False)
+    status.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    status.add_argument("--png", type=Path, metavar="FILE", help="also draw a calendar heatmap of coverage to FILE")
+    status.add_argument("--export-log", action="store_true", help="MERGE the history into the Delta table backfill_log")
+    status.set_defaults(handler=cmd_status)
+
+
+def date_range(context: CommandContext, args) -> tuple[dt.date, dt.date, list[str]]:
+    """Validated [from, to] and its business-day keys (errors for bad dates / order / holidays only)."""
+    keys = context.business_days.between(args.date_from, args.date_to)
+    return dt.date.fromisoformat(args.date_from.strip()), dt.date.fromisoformat(args.date_to.strip()), keys
+
+
+def _max_concurrent_runs(instance) -> int:
+    try:
+        return int(instance.run_coordinator.get_run_queue_config().max_concurrent_runs)
+    except Exception:
+        return 1
+
+
+def build_plan(context: CommandContext, first: dt.date, last: dt.date, args) -> Plan:
+    """What a backfill over [first, last] would do with these options (selection, chunks, order)."""
+    settings, instance = context.settings, context.instance
+    partitions_def = context.business_days.partitions_def
+    history = load_history(
+        instance, first, last, business_days=context.business_days, ui_url=settings.ui_url, with_events=False
+    )
+    concurrency = min(args.max_concurrent or 10**6, _max_concurrent_runs(instance))
+    all_keys = partitions_def.get_partition_keys()
+    return make_plan(
+        history,
+        all_keys,
+        reprocess=args.reprocess,
+        # BACKFILL_MAX_PARTITIONS_PER_RUN=all (single-run policy): one run per consecutive span
+        chunk_size=args.chunk_size or settings.max_partitions_per_run or len(all_keys),
+        newest_first=args.newest_first,
+        past_runs=destination_runs(instance, context.business_days, with_events=False),
+        concurrency=concurrency,
+    )
+
+
+def cmd_plan(context: CommandContext, args) -> int:
+    first, last, _ = date_range(context, args)
+    plan = build_plan(context, first, last, args)
+    say(json.dumps(plan.to_dict(), indent=2) if args.format == "json" else plan.render())
+    return EXIT_OK
+
+
+def cmd_status(context: CommandContext, args) -> int:
+    if (args.date_from is None) != (args.date_to is None):
+        raise UsageError("give both --from and --to, or neither (then the range of all runs is shown)")
+    if args.date_from is not None:
+        first, last, _ = date_range(context, args)
+    instance = context.instance
+    runs = destination_runs(instance, context.business_days, with_events=False)
+    if not runs:
+        print(
+            "backfill-platform: no destination_data run in this instance yet "
+            f"(DAGSTER_HOME={instance.root_directory}); launch one with "
+            "`backfill-platform backfill --from YYYY-MM-DD --to YYYY-MM-DD`.",
+            file=sys.stderr,
+        )
+        return EXIT_EMPTY
+    if args.date_from is None:
+        keys = sorted(key for run in runs for key in run.partition_keys)
+        first, last = dt.date.fromisoformat(keys[0]), dt.date.fromisoformat(keys[-1])
+    history = load_history(
+        instance, first, last, business_days=context.business_days, ui_url=context.settings.ui_url
+    )
+    say(RENDERERS[args.format](history).rstrip("\n"))
+    if args.png:
+        from backfill_platform.reports.heatmap import draw_heatmap  # matplotlib: only when asked
+
+        path = draw_heatmap(history, args.png)
+        print(f"heatmap: {path}", file=sys.stderr)
+    if args.export_log:
+        result = export_history(context, history)
+        print(
+            f"backfill_log: {result['history_rows']} row(s) merged into {result['table']}; "
+            f"the table has {result['table_rows']} row(s)",
+            file=sys.stderr,
+        )
+    return EXIT_FAILED if history.counts()[FAILED] else EXIT_OK
+
+
+def export_history(context: CommandContext, history) -> dict:
+    from backfill_platform.reports.export_log import export_log
+    from backfill_platform.resources.spark import local_spark_config, start_spark_session
+    from backfill_platform.resources.tables import DeltaTables
+
+    settings = context.settings
+    if settings.deployment != "local":
+        raise UsageError("--export-log writes with the local Spark session; on Databricks run it from a notebook or job")
+    location = DeltaTables.from_settings(settings, mode="path").location(settings.tables.log_table)
+    spark = start_spark_session(local_spark_config(settings))
+    result = export_log(spark, location, history)
+    return {**result, "table": str(location)}

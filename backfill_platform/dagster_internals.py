@@ -1,0 +1,158 @@
+"""Every use of Dagster's internal modules (``dagster._...``), in one place.
+
+Dagster ships weekly and its internals can change in any patch release. Nothing else in the package
+imports ``dagster._``: when an upgrade breaks one of these, ``test_dagster_internals.py`` fails first,
+with the name of the wrapper below. Each entry says why it is needed and what public API would
+replace it.
+
+| wrapper | internal used | why | public replacement |
+| --- | --- | --- | --- |
+| :func:`store_asset_backfill` | ``PartitionBackfill.from_partitions_by_assets``, ``PartitionsByAssetSelector``, ``PartitionRangeSelector``, ``PartitionsSelector``, ``make_new_backfill_id`` | the CLI stores an asset backfill in the instance exactly as the UI's ``launchPartitionBackfill`` mutation does, without needing a running webserver | the webserver's GraphQL ``launchPartitionBackfill`` (``dagster_graphql``) once the CLI talks to a webserver; Dagster has no public Python API for it |
+| :data:`BulkActionStatus`, :data:`BACKFILL_TERMINAL_STATUSES` | ``dagster._core.execution.backfill`` | filter ``instance.get_backfills(status=...)`` and tell when a backfill ended | none public; GraphQL ``partitionBackfillsOrError(status:)`` |
+| :func:`project_workspace`, :class:`JobSubmitter` | ``WorkspaceProcessContext``, ``WorkspaceFileTarget``, ``dagster._cli.job._create_run`` and the ``cli_target`` lookups | create a queued run of ``destination_data_job`` for a chunk, tagged with its partition range, and submit it to the instance's run coordinator: what ``dagster job launch`` does, in-process (a subprocess per chunk costs ~2.5 s of imports) | ``dagster job launch`` (a subprocess per run) or GraphQL ``launchRun`` |
+| :func:`sensor_is_running` | ``InstigatorType``, ``InstigatorStatus`` | whether the rerun sensor is on, as stored in the instance | GraphQL ``sensorOrError { sensorState { status } }`` |
+
+Public APIs used instead of internals elsewhere: ``dg.DagsterRunStatus``, ``dg.RunsFilter``,
+``dg.DagsterRun``, ``dg.AssetPartitionStatus``, ``dg.DagsterUnknownPartitionError``,
+``dg.partition_loading_context``, ``dg.QueuedRunCoordinator``, ``dg.SubmitRunContext``; daemon
+liveness from ``instance.get_daemon_heartbeats()``; the daemon started as ``dagster-daemon run``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.definitions.run_request import InstigatorType
+from dagster._core.definitions.selector import (
+    PartitionRangeSelector,
+    PartitionsByAssetSelector,
+    PartitionsSelector,
+)
+from dagster._core.execution.backfill import (
+    BULK_ACTION_TERMINAL_STATUSES,
+    BulkActionStatus,
+    PartitionBackfill,
+)
+from dagster._core.scheduler.instigation import InstigatorStatus
+from dagster._core.utils import make_new_backfill_id
+
+BACKFILL_TERMINAL_STATUSES = frozenset(status.value for status in BULK_ACTION_TERMINAL_STATUSES)
+
+
+def store_asset_backfill(
+    instance: dg.DagsterInstance,
+    asset_graph,
+    *,
+    whole_assets: Sequence[dg.AssetKey],
+    partition_ranges: Mapping[dg.AssetKey, Sequence[tuple[str, str]]],
+    tags: Mapping[str, str],
+    title: str | None,
+    run_config: Mapping | None,
+) -> str:
+    """Store an asset backfill (the daemon submits its runs); return its id.
+
+    ``whole_assets`` are backfilled entirely (unpartitioned prerequisites); ``partition_ranges`` give
+    each partitioned asset its inclusive key ranges.
+    """
+    selectors = [PartitionsByAssetSelector(asset_key=key) for key in whole_assets]
+    for key, ranges in partition_ranges.items():
+        selectors.append(
+            PartitionsByAssetSelector(
+                asset_key=key,
+                partitions=PartitionsSelector(
+                    ranges=[PartitionRangeSelector(start=start, end=end) for start, end in ranges]
+                ),
+            )
+        )
+    backfill_id = make_new_backfill_id()
+    backfill = PartitionBackfill.from_partitions_by_assets(
+        backfill_id=backfill_id,
+        asset_graph=asset_graph,
+        backfill_timestamp=time.time(),
+        tags=dict(tags),
+        dynamic_partitions_store=instance,
+        partitions_by_assets=selectors,
+        title=title,
+        description=None,
+        run_config=dict(run_config) if run_config else None,
+    )
+    instance.add_backfill(backfill)
+    return backfill_id
+
+
+def requested_backfills(instance: dg.DagsterInstance) -> list:
+    """Backfills that have not ended (status REQUESTED)."""
+    return list(instance.get_backfills(status=BulkActionStatus.REQUESTED))
+
+
+@contextlib.contextmanager
+def project_workspace(instance: dg.DagsterInstance, workspace_yaml: Path) -> Iterator[object]:
+    """A workspace request context for ``workspace_yaml``, loaded as the daemon and webserver load it."""
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+    from dagster.version import __version__
+
+    with WorkspaceProcessContext(
+        instance=instance,
+        version=__version__,
+        read_only=False,
+        workspace_load_target=WorkspaceFileTarget(paths=[str(workspace_yaml)]),
+    ) as process_context:
+        yield process_context.create_request_context()
+
+
+class JobSubmitter:
+    """Creates runs of one job of the workspace's only code location and submits them to the queue."""
+
+    def __init__(self, instance: dg.DagsterInstance, workspace, job_name: str):
+        from dagster._cli.workspace.cli_target import (
+            get_code_location_from_workspace,
+            get_remote_job_from_remote_repo,
+            get_remote_repository_from_code_location,
+        )
+
+        self.instance = instance
+        self.workspace = workspace
+        self.location = get_code_location_from_workspace(workspace, None)
+        self.repo = get_remote_repository_from_code_location(self.location, None)
+        self.job = get_remote_job_from_remote_repo(self.repo, job_name)
+
+    def submit(self, run_config: Mapping | None, tags: Mapping[str, str]) -> str:
+        """Create a run (as ``dagster job launch`` does) and submit it to the run coordinator."""
+        from dagster._cli.job import _create_run
+
+        created = _create_run(
+            instance=self.instance,
+            code_location=self.location,
+            remote_repo=self.repo,
+            remote_job=self.job,
+            run_config=dict(run_config or {}),
+            tags=dict(tags),
+            op_selection=None,
+            run_id=None,
+        )
+        self.instance.submit_run(created.run_id, self.workspace)
+        return created.run_id
+
+
+def sensor_is_running(instance: dg.DagsterInstance, name: str) -> bool | None:
+    """Whether the sensor ``name`` is on as stored in the instance; None when only its default applies."""
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR):
+        if state.name == name and state.status != InstigatorStatus.DECLARED_IN_CODE:
+            return state.status == InstigatorStatus.RUNNING
+    return None
+
+
+__all__ = [
+    "BACKFILL_TERMINAL_STATUSES",
+    "BulkActionStatus",
+    "JobSubmitter",
+    "project_workspace",
+    "requested_backfills",
+    "sensor_is_running",
+    "store_asset_backfill",
+]

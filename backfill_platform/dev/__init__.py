@@ -1,1 +1,0 @@
-"""Development tools: the Databricks workspace emulator."""

@@ -1,0 +1,13 @@
+"""Databricks' REST error shape: an HTTP status plus ``{"error_code": ..., "message": ...}``."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error_code: str, message: str):
+        super().__init__(message)
+        self.status, self.error_code, self.message = status, error_code, message
+
+
+def bad(message: str) -> ApiError:
+    return ApiError(400, "INVALID_PARAMETER_VALUE", message)
