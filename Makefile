@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 
-.PHONY: setup demo test dev daemon clean bench bench-quick chromium
+.PHONY: setup demo test test-fast lint dev daemon clean bench bench-quick chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,18 @@ demo: setup
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-## The test suite (what CI runs).
-test: setup chromium
+## The linter (ruff, configured in pyproject.toml).
+lint: setup
+	$(BIN)/ruff check .
+
+## The test suite (what CI runs): the linter, then every test.
+test: setup chromium lint
 	$(BIN)/python -m pytest
+
+## The fast tier for your own loop: no daemon, webserver, emulator, Spark Connect server or browser
+## (tests marked `slow` are skipped; real local Spark and Delta still run).
+test-fast: setup lint
+	$(BIN)/python -m pytest -m "not slow"
 
 ## The Dagster UI and daemon on http://127.0.0.1:3000
 dev: setup

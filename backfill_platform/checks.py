@@ -194,11 +194,19 @@ CHECK_COMPLETE = "business_days_complete"
 def destination_check_specs(asset_key: str = "destination_data") -> list[dg.AssetCheckSpec]:
     key = dg.AssetKey(asset_key)
     return [
-        dg.AssetCheckSpec(CHECK_ROWS, asset=key, description="destination rows per date == source rows for that date (minus rows dropped by expectations)"),
+        dg.AssetCheckSpec(
+            CHECK_ROWS,
+            asset=key,
+            description="destination rows per date == source rows for that date (minus rows dropped by expectations)",
+        ),
         dg.AssetCheckSpec(CHECK_SCHEMA, asset=key, description="columns and types are exactly the declared schema"),
         dg.AssetCheckSpec(CHECK_UNIQUE, asset=key, description="(position_date, id) is unique"),
         dg.AssetCheckSpec(CHECK_NULLS, asset=key, description="no NULL in the key columns position_date, id"),
-        dg.AssetCheckSpec(CHECK_COMPLETE, asset=key, description="every business day between the table's first and last date is present"),
+        dg.AssetCheckSpec(
+            CHECK_COMPLETE,
+            asset=key,
+            description="every business day between the table's first and last date is present",
+        ),
     ]
 
 
@@ -228,12 +236,20 @@ def present_dates(destination: Any) -> tuple[set[str], bool]:
     return {str(v) for v in values if v is not None}, any(v is None for v in values)
 
 
-def check_rows_match(destination: Any, dates: Sequence[dt.date], expected_rows_per_date: Mapping[str, int],
-                     dropped_rows: int = 0, profile: Mapping[str, tuple[int, int, int]] | None = None) -> dg.AssetCheckResult:
+def check_rows_match(
+    destination: Any,
+    dates: Sequence[dt.date],
+    expected_rows_per_date: Mapping[str, int],
+    dropped_rows: int = 0,
+    profile: Mapping[str, tuple[int, int, int]] | None = None,
+) -> dg.AssetCheckResult:
     profile = profile_dates(destination, dates) if profile is None else profile
     counts = {day: values[0] for day, values in profile.items()}
     mismatches = {
-        day.isoformat(): {"expected": expected_rows_per_date.get(day.isoformat(), 0), "found": counts.get(day.isoformat(), 0)}
+        day.isoformat(): {
+            "expected": expected_rows_per_date.get(day.isoformat(), 0),
+            "found": counts.get(day.isoformat(), 0),
+        }
         for day in dates
         if counts.get(day.isoformat(), 0) != expected_rows_per_date.get(day.isoformat(), 0)
     }

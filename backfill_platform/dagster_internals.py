@@ -5,12 +5,31 @@ imports ``dagster._``: when an upgrade breaks one of these, ``test_dagster_inter
 with the name of the wrapper below. Each entry says why it is needed and what public API would
 replace it.
 
-| wrapper | internal used | why | public replacement |
-| --- | --- | --- | --- |
-| :func:`store_asset_backfill` | ``PartitionBackfill.from_partitions_by_assets``, ``PartitionsByAssetSelector``, ``PartitionRangeSelector``, ``PartitionsSelector``, ``make_new_backfill_id`` | the CLI stores an asset backfill in the instance exactly as the UI's ``launchPartitionBackfill`` mutation does, without needing a running webserver | the webserver's GraphQL ``launchPartitionBackfill`` (``dagster_graphql``) once the CLI talks to a webserver; Dagster has no public Python API for it |
-| :data:`BulkActionStatus`, :data:`BACKFILL_TERMINAL_STATUSES` | ``dagster._core.execution.backfill`` | filter ``instance.get_backfills(status=...)`` and tell when a backfill ended | none public; GraphQL ``partitionBackfillsOrError(status:)`` |
-| :func:`project_workspace`, :class:`JobSubmitter` | ``WorkspaceProcessContext``, ``WorkspaceFileTarget``, ``dagster._cli.job._create_run`` and the ``cli_target`` lookups | create a queued run of ``destination_data_job`` for a chunk, tagged with its partition range, and submit it to the instance's run coordinator: what ``dagster job launch`` does, in-process (a subprocess per chunk costs ~2.5 s of imports) | ``dagster job launch`` (a subprocess per run) or GraphQL ``launchRun`` |
-| :func:`sensor_is_running` | ``InstigatorType``, ``InstigatorStatus`` | whether the rerun sensor is on, as stored in the instance | GraphQL ``sensorOrError { sensorState { status } }`` |
+:func:`store_asset_backfill`
+    internal used: ``PartitionBackfill.from_partitions_by_assets``, ``PartitionsByAssetSelector``,
+    ``PartitionRangeSelector``, ``PartitionsSelector``, ``make_new_backfill_id``
+    why: the CLI stores an asset backfill in the instance exactly as the UI's ``launchPartitionBackfill``
+    mutation does, without needing a running webserver
+    public replacement: the webserver's GraphQL ``launchPartitionBackfill`` (``dagster_graphql``) once
+    the CLI talks to a webserver; Dagster has no public Python API for it
+
+:data:`BulkActionStatus`, :data:`BACKFILL_TERMINAL_STATUSES`
+    internal used: ``dagster._core.execution.backfill``
+    why: filter ``instance.get_backfills(status=...)`` and tell when a backfill ended
+    public replacement: none public; GraphQL ``partitionBackfillsOrError(status:)``
+
+:func:`project_workspace`, :class:`JobSubmitter`
+    internal used: ``WorkspaceProcessContext``, ``WorkspaceFileTarget``, ``dagster._cli.job._create_run``
+    and the ``cli_target`` lookups
+    why: create a queued run of ``destination_data_job`` for a chunk, tagged with its partition range,
+    and submit it to the instance's run coordinator: what ``dagster job launch`` does, in-process (a
+    subprocess per chunk costs ~2.5 s of imports)
+    public replacement: ``dagster job launch`` (a subprocess per run) or GraphQL ``launchRun``
+
+:func:`sensor_is_running`
+    internal used: ``InstigatorType``, ``InstigatorStatus``
+    why: whether the rerun sensor is on, as stored in the instance
+    public replacement: GraphQL ``sensorOrError { sensorState { status } }``
 
 Public APIs used instead of internals elsewhere: ``dg.DagsterRunStatus``, ``dg.RunsFilter``,
 ``dg.DagsterRun``, ``dg.AssetPartitionStatus``, ``dg.DagsterUnknownPartitionError``,

@@ -93,7 +93,8 @@ def wait_for_launch(
         runs = launch_runs(instance, launch_id)
         done = [r for r in runs if r.status not in UNFINISHED]
         ok = sum(1 for r in done if r.status == dg.DagsterRunStatus.SUCCESS)
-        line = f"[{'done' if len(done) == len(runs) else 'running'}] {len(done)}/{len(runs)} runs finished, {ok} succeeded"
+        state = "done" if len(done) == len(runs) else "running"
+        line = f"[{state}] {len(done)}/{len(runs)} runs finished, {ok} succeeded"
         if on_progress and line != last:
             on_progress(line)
         last = line

@@ -25,7 +25,9 @@ def latest_completed_business_day(partitions_def: dg.PartitionsDefinition, at: d
         return partitions_def.get_last_partition_key()
 
 
-def build_business_day_schedule(settings: Settings, job, partitions_def: dg.PartitionsDefinition) -> dg.ScheduleDefinition:
+def build_business_day_schedule(
+    settings: Settings, job, partitions_def: dg.PartitionsDefinition
+) -> dg.ScheduleDefinition:
     default_status = (
         dg.DefaultScheduleStatus.RUNNING if settings.automation.running else dg.DefaultScheduleStatus.STOPPED
     )

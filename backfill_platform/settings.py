@@ -65,7 +65,7 @@ client secret are read with ``dagster.EnvVar`` when the launcher starts.
 | ``BACKFILL_DATABRICKS_MAX_WAIT_S`` | ``3600`` | longest a step may take on Databricks (``timeout_seconds`` too) |
 | ``BACKFILL_DATABRICKS_VIEWER_GROUPS`` | (none) | groups granted CAN_VIEW on each submitted run, comma-separated |
 | ``BACKFILL_DATABRICKS_TABLE_PATH_ROOT`` | (none) | set by the emulator's cluster only: Delta paths instead of Unity Catalog names |
-"""
+"""  # noqa: E501 - the settings tables above are one row a line
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ acceptance tests bind :class:`FaultInjector` instead (``fault_location.py`` is t
 their daemon loads), configured by a spec that names business dates and what happens when a run
 processes them::
 
-    BACKFILL_FAULTS="2024-03-04=transient:2,2024-03-05=logic,2024-03-06=kill:1"
+    BACKFILL_TEST_FAULTS="2024-03-04=transient:2,2024-03-05=logic,2024-03-06=kill:1"
 
 - ``transient:N`` the first N attempts that include the date raise a transient (network-style)
   error; later attempts succeed. Step retries, run retries and the rerun sensor see a real failure.
@@ -59,12 +59,12 @@ def parse_faults(spec: str) -> dict[str, Fault]:
         kind, _, times = what.strip().partition(":")
         if kind not in KINDS or not day.strip():
             raise SettingsError(
-                f"BACKFILL_FAULTS item {item!r}: use DATE=transient:N, DATE=logic or DATE=kill:N."
+                f"BACKFILL_TEST_FAULTS item {item!r}: use DATE=transient:N, DATE=logic, DATE=kill:N or DATE=hang:N."
             )
         try:
             count = int(times) if times else 1
         except ValueError:
-            raise SettingsError(f"BACKFILL_FAULTS item {item!r}: N must be a whole number.") from None
+            raise SettingsError(f"BACKFILL_TEST_FAULTS item {item!r}: N must be a whole number.") from None
         faults[day.strip()] = Fault(kind, count)
     return faults
 

@@ -86,7 +86,9 @@ def test_each_check_passes_and_fails_on_crafted_data(spark):
     drifted = good.withColumn("value", good["value"].cast("string")).withColumn("extra", good["id"])
     result = checks.check_schema(drifted)
     assert not result.passed
-    assert result.metadata["problems"].value == ["value: expected double, found string", "extra: bigint is not declared"]
+    assert result.metadata["problems"].value == [
+        "value: expected double, found string", "extra: bigint is not declared"
+    ]
 
     assert checks.check_unique_keys(good, [D1, D2]).passed
     duplicated = frame(spark, good_rows(D1) + [(D1, 1, 3.0, "B")])
@@ -136,7 +138,10 @@ def checks_home(tmp_path_factory, spark):
             )
 
         runs["range"] = materialize(
-            tags={"dagster/asset_partition_range_start": "2024-07-01", "dagster/asset_partition_range_end": "2024-07-03"}
+            tags={
+                "dagster/asset_partition_range_start": "2024-07-01",
+                "dagster/asset_partition_range_end": "2024-07-03",
+            }
         )
         runs["rows_after_range"] = tables.destination.read(spark).count()
         runs["version_before_bad"] = tables.destination.latest_version(spark)
@@ -151,7 +156,9 @@ def test_checks_run_with_every_materialization_and_bad_rows_write_nothing(checks
     result = runs["range"]
     assert result.success
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert set(evaluations) == {checks.CHECK_ROWS, checks.CHECK_SCHEMA, checks.CHECK_UNIQUE, checks.CHECK_NULLS, checks.CHECK_COMPLETE}
+    assert set(evaluations) == {
+        checks.CHECK_ROWS, checks.CHECK_SCHEMA, checks.CHECK_UNIQUE, checks.CHECK_NULLS, checks.CHECK_COMPLETE
+    }
     assert all(e.passed for e in evaluations.values()), {k: e.metadata for k, e in evaluations.items()}
     assert evaluations[checks.CHECK_ROWS].metadata["rows_dropped_by_expectations"].value == 1
     assert evaluations[checks.CHECK_ROWS].metadata["rows_found"].value == 12
@@ -165,7 +172,8 @@ def test_checks_run_with_every_materialization_and_bad_rows_write_nothing(checks
     assert not failed.success
     failure = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"][0]
     assert "id_not_null (1 row(s))" in failure.step_failure_data.error.message
-    assert failure.step_failure_data.user_failure_data.metadata["expectations"].value["id_not_null"] == {"policy": "fail", "violations": 1}
+    expectations = failure.step_failure_data.user_failure_data.metadata["expectations"].value
+    assert expectations["id_not_null"] == {"policy": "fail", "violations": 1}
     assert runs["version_after_bad"] == runs["version_before_bad"]  # nothing written
     assert [e.event_type_value for e in failed.all_events].count("STEP_UP_FOR_RETRY") == 0  # not retried
 
@@ -215,8 +223,9 @@ def webserver(home, settings):
 
 @pytest.mark.slow
 def test_ui_shows_partition_health_and_check_results(checks_home, tmp_path):
-    """Runs after the materialization test (same module): 07-01..07-03 and 07-09 materialized, 07-08
-    failed, the completeness check failed (warning), the other checks passed."""
+    """The UI over the ``checks_home`` fixture's instance (it depends on no other test: run it alone
+    with ``-k test_ui``): 07-01..07-03 and 07-09 materialized, 07-08 failed, the completeness check
+    failed (warning), the other checks passed."""
     assert os.path.exists(CHROMIUM), (
         "Debian's chromium is needed for the UI test: apt-get install -y chromium (.ci/run does it)"
     )

@@ -30,11 +30,14 @@ def test_overlapping_runs_share_a_date_slot_and_disjoint_runs_do_not():
     ]  # business days only
     assert all(key.startswith(DATE_SLOT_PREFIX) for key in chunk)
     overlapping = date_slot_tags(
-        {"dagster/asset_partition_range_start": "2024-03-12", "dagster/asset_partition_range_end": "2024-03-20"}, 128, BUSINESS_DAYS
+        {"dagster/asset_partition_range_start": "2024-03-12", "dagster/asset_partition_range_end": "2024-03-20"},
+        128,
+        BUSINESS_DAYS,
     )
     single_inside = date_slot_tags({"dagster/partition": "2024-03-06"}, 128, BUSINESS_DAYS)
     next_day = date_slot_tags({"dagster/partition": "2024-03-13"}, 128, BUSINESS_DAYS)
-    same_slot_later = date_slot_tags({"dagster/partition": "2024-07-08"}, 128, BUSINESS_DAYS)  # 2024-03-01 + 128 + ... days
+    # 2024-03-01 + 128 + ... days
+    same_slot_later = date_slot_tags({"dagster/partition": "2024-07-08"}, 128, BUSINESS_DAYS)
     assert _shared_pairs(chunk, overlapping) == {(next(k for k, v in chunk.items() if v == "2024-03-12"), "2024-03-12")}
     assert _shared_pairs(chunk, single_inside)
     assert not _shared_pairs(chunk, next_day)
@@ -82,6 +85,8 @@ def test_schedule_requests_the_latest_completed_business_day():
 def test_schedule_time_and_timezone_are_settings():
     from backfill_platform.definitions import build_defs
 
-    settings = Settings.from_env({"BACKFILL_SCHEDULE_CRON": "30 7 * * 1-5", "BACKFILL_SCHEDULE_TIMEZONE": "Europe/London"})
+    settings = Settings.from_env(
+        {"BACKFILL_SCHEDULE_CRON": "30 7 * * 1-5", "BACKFILL_SCHEDULE_TIMEZONE": "Europe/London"}
+    )
     schedule = build_defs(settings).get_schedule_def(SCHEDULE_NAME)
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("30 7 * * 1-5", "Europe/London")

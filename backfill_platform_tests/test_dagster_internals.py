@@ -34,9 +34,12 @@ def test_store_asset_backfill_and_its_statuses(instance):
     )
     stored = instance.get_backfill(backfill_id)
     assert stored.title == "internals" and stored.tags == {"team": "risk"}
-    targets = {(ap.asset_key, ap.partition_key) for ap in stored.asset_backfill_data.target_subset.iterate_asset_partitions()}
+    target_subset = stored.asset_backfill_data.target_subset
+    targets = {(ap.asset_key, ap.partition_key) for ap in target_subset.iterate_asset_partitions()}
     assert {key for key, partition in targets if key == DESTINATION and partition} == {DESTINATION}
-    assert sorted(p for key, p in targets if key == DESTINATION) == ["2024-07-01", "2024-07-02", "2024-07-03", "2024-07-05"]
+    assert sorted(p for key, p in targets if key == DESTINATION) == [
+        "2024-07-01", "2024-07-02", "2024-07-03", "2024-07-05"
+    ]
     assert {key for key, _ in targets} == {DESTINATION, *PREREQUISITES}
     assert [b.backfill_id for b in dagster_internals.requested_backfills(instance)] == [backfill_id]
     assert stored.status.value not in dagster_internals.BACKFILL_TERMINAL_STATUSES

@@ -33,8 +33,12 @@ def test_asset_specs_snapshot():
         for key in (CALENDAR, SOURCE, DESTINATION)
     }
     assert snapshot == {
-        "business_calendar": {"partitioned": False, "deps": [], "checks": [], "kinds": ["delta", "spark"], "group": "backfill"},
-        "source_data": {"partitioned": False, "deps": [], "checks": [], "kinds": ["delta", "spark"], "group": "backfill"},
+        "business_calendar": {
+            "partitioned": False, "deps": [], "checks": [], "kinds": ["delta", "spark"], "group": "backfill"
+        },
+        "source_data": {
+            "partitioned": False, "deps": [], "checks": [], "kinds": ["delta", "spark"], "group": "backfill"
+        },
         "destination_data": {
             "partitioned": True,
             "deps": ["source_data"],
@@ -65,7 +69,8 @@ def test_import_reads_the_environment_once():
         "import backfill_platform.settings as s\n"
         "calls = []\n"
         "original = s.Settings.from_env\n"
-        "s.Settings.from_env = classmethod(lambda cls, environ=None: calls.append(1) or original.__func__(cls, environ))\n"
+        "s.Settings.from_env = classmethod("
+        "lambda cls, environ=None: calls.append(1) or original.__func__(cls, environ))\n"
         "import backfill_platform.definitions\n"
         "print(len(calls))\n"
     )

@@ -44,7 +44,9 @@ def deployment(spark, settings, resources, tmp_path):
 @contextmanager
 def running(command: list[str], env: dict[str, str], log_path):
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         yield process
     finally:
@@ -98,7 +100,8 @@ def test_web_ui_partition_backfill_launcher(spark, deployment, tmp_path):
     port = free_port()
     initialize_instance_storage(home)  # before two processes (webserver, daemon) open it at once
     keys = ["2024-07-01", "2024-07-02", "2024-07-03", "2024-07-05", "2024-07-08"]
-    with running([f"{BIN}/dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)], env, tmp_path / "webserver.log"), \
+    webserver_command = [f"{BIN}/dagster-webserver", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    with running(webserver_command, env, tmp_path / "webserver.log"), \
             running([f"{BIN}/dagster-daemon", "run", "-w", "workspace.yaml"], env, tmp_path / "daemon.log"):
         def server_up():
             try:
@@ -118,7 +121,8 @@ def test_web_ui_partition_backfill_launcher(spark, deployment, tmp_path):
 
         def finished():
             status = graphql(port, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
-            return status if status["status"] in {"COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"} else None
+            ended = status["status"] in {"COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+            return status if ended else None
 
         status = wait_until(finished, 900, f"backfill {backfill_id} to finish", poll_s=2)
 
@@ -144,7 +148,13 @@ def test_dagster_job_backfill_drains_through_the_queue(spark, deployment, tmp_pa
             runs = instance.get_runs()
             # one run per business date: 07-04 (holiday) and the weekend are not partitions
             assert sorted(run.tags["dagster/partition"] for run in runs) == ["2024-07-03", "2024-07-05", "2024-07-08"]
-            assert {run.status for run in runs} <= {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.SUCCESS}
+            assert {run.status for run in runs} <= {
+                dg.DagsterRunStatus.QUEUED,
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED,
+                dg.DagsterRunStatus.SUCCESS,
+            }
 
             def drained():
                 return all(run.is_finished for run in instance.get_runs())
@@ -167,7 +177,9 @@ def test_dagster_asset_materialize_partition_range_is_one_run(spark, deployment,
     command = [f"{BIN}/dagster", "asset", "materialize", "-m", "backfill_platform.definitions",
                "--select", "destination_data", "--partition-range", "2024-06-28...2024-07-05"]
     # With the default chunked (multi-run) policy Dagster's CLI refuses ranges and says why.
-    refused = subprocess.run(command, cwd=PROJECT_ROOT, env=subprocess_env(settings, home), capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(
+        command, cwd=PROJECT_ROOT, env=subprocess_env(settings, home), capture_output=True, text=True, timeout=300
+    )
     assert refused.returncode != 0
     assert "BackfillPolicy.single_run()" in refused.stderr
 
@@ -179,7 +191,10 @@ def test_dagster_asset_materialize_partition_range_is_one_run(spark, deployment,
     }
     assert delta_version(spark, resources["tables"].destination) == 1  # create + one write
 
-    holiday = subprocess.run(command[:-1] + ["2024-07-04...2024-07-05"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    holiday = subprocess.run(
+        command[:-1] + ["2024-07-04...2024-07-05"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
     assert holiday.returncode != 0
     assert "holiday: Independence Day" in holiday.stderr
 
@@ -233,13 +248,20 @@ def test_keep_daemon_replaces_a_dead_daemon_and_leaves_no_stale_heartbeats(tmp_p
         keeper = KeepDaemon(instance, home, said.append, check_every_s=1)
         with keeper:
             first = keeper.daemon
-            assert first is not None and said == ["No dagster-daemon is running for this instance: starting one for this backfill."]
+            assert first is not None and said == [
+                "No dagster-daemon is running for this instance: starting one for this backfill."
+            ]
             wait_until(lambda: daemon_is_running(instance), 180, "the first daemon's heartbeats", poll_s=0.5)
             os.killpg(first.process.pid, signal.SIGKILL)
             wait_until(lambda: keeper.daemon is not first, 30, "a replacement daemon", poll_s=0.5)
             assert said[1].startswith("The dagster-daemon this command started exited with code -9"), said
             second = keeper.daemon
-            wait_until(lambda: second.process.poll() is None and daemon_is_running(instance), 180, "the second daemon", poll_s=0.5)
+            wait_until(
+                lambda: second.process.poll() is None and daemon_is_running(instance),
+                180,
+                "the second daemon",
+                poll_s=0.5,
+            )
         assert second.process.poll() is not None  # stopped on exit
         assert not daemon_is_running(instance)  # its heartbeats were wiped
         assert len(said) == 2, said

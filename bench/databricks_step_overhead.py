@@ -1,6 +1,7 @@
 """Per-step overhead of the Databricks step launcher against the project's workspace emulator.
 
-    python bench/databricks_step_overhead.py [--chunks 1,5,20] [--repeat 2] [--out bench/results/databricks_step_overhead.json]
+    python bench/databricks_step_overhead.py [--chunks 1,5,20] [--repeat 2]
+        [--out bench/results/databricks_step_overhead.json]
 
 For each chunk size (business dates per run, i.e. BACKFILL_MAX_PARTITIONS_PER_RUN of a backfill) it
 executes ``destination_data_job`` for one partition range through the real step launcher (zip +
@@ -100,9 +101,10 @@ def _seed_source(work: Path, emulator, count: int) -> list[str]:
 
     settings = Settings(data_dir=work / "local")
     resources = local_resources(settings)
+    source_config = {"first_day": "2025-01-01", "last_day": "2025-03-31", "rows_per_date": 100}
     result = dg.materialize(
         [source_data], resources=resources,
-        run_config={"ops": {"source_data": {"config": {"first_day": "2025-01-01", "last_day": "2025-03-31", "rows_per_date": 100}}}},
+        run_config={"ops": {"source_data": {"config": source_config}}},
     )
     assert result.success
     shutil.copytree(resources["tables"].source.path, emulator.warehouse / "demos" / "backfill_demo" / "source_data")

@@ -63,7 +63,8 @@ def main(single_runs: int) -> None:
                 cursor = result.cursor
             print(f"tick {tick}: {timings[-1] * 1000:.0f} ms, {len(result.run_requests)} reruns requested, "
                   f"cursor {len(cursor or '') / 1024:.0f} KiB")
-        print(f"first tick {timings[0] * 1000:.0f} ms; later ticks median {statistics.median(timings[1:]) * 1000:.0f} ms")
+        print(f"first tick {timings[0] * 1000:.0f} ms; "
+              f"later ticks median {statistics.median(timings[1:]) * 1000:.0f} ms")
         # last line: the figures for bench/run.py
         print(json.dumps({
             "partitions": len(keys), "failed_runs": 1 + single_runs,

@@ -15,7 +15,9 @@ from databricks_emulator.server import DatabricksEmulator
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m databricks_emulator", description="A Databricks workspace emulator on 127.0.0.1.")
+    parser = argparse.ArgumentParser(
+        prog="python -m databricks_emulator", description="A Databricks workspace emulator on 127.0.0.1."
+    )
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--root", type=Path, default=Path(".data") / "databricks-emulator")
     parser.add_argument(

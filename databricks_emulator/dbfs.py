@@ -150,7 +150,9 @@ class DbfsApi:
         if local.is_dir():
             raise ApiError(400, "RESOURCE_ALREADY_EXISTS", f"A directory already exists at path {path}.")
         if local.exists() and not overwrite:
-            raise ApiError(400, "RESOURCE_ALREADY_EXISTS", f"A file or directory already exists at the input path {path}.")
+            raise ApiError(
+                400, "RESOURCE_ALREADY_EXISTS", f"A file or directory already exists at the input path {path}."
+            )
 
 
 def _api_path(path: str) -> str:

@@ -111,7 +111,9 @@ def _attach_to_cluster():
     os.environ["PYSPARK_GATEWAY_SECRET"] = os.environ["EMULATOR_GATEWAY_SECRET"]
     gateway = launch_gateway()  # connects to the running JVM (PYSPARK_GATEWAY_PORT), starts nothing
     jvm = gateway.jvm
-    jsc = jvm.org.apache.spark.api.java.JavaSparkContext.fromSparkContext(jvm.org.apache.spark.SparkContext.getOrCreate())
+    jsc = jvm.org.apache.spark.api.java.JavaSparkContext.fromSparkContext(
+        jvm.org.apache.spark.SparkContext.getOrCreate()
+    )
     SparkContext(gateway=gateway, jsc=jsc, conf=SparkConf(_jvm=jvm, _jconf=jsc.getConf()))  # the `sc` the session wraps
     return SparkSession.builder.getOrCreate(), False  # the cluster's default session; never stop it
 

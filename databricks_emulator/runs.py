@@ -137,7 +137,9 @@ class JobsApi:
                     "cluster_id": cluster_id, "cluster_name": f"job-{run_id}-run-{run_id}",
                     "spark_version": new["spark_version"], "node_type_id": new.get("node_type_id"),
                     "state": "PENDING", "cluster_source": "JOB", "spark_env_vars": new.get("spark_env_vars", {}),
-                    **({"num_workers": new["num_workers"]} if "num_workers" in new else {"autoscale": new["autoscale"]}),
+                    **(
+                        {"num_workers": new["num_workers"]} if "num_workers" in new else {"autoscale": new["autoscale"]}
+                    ),
                 }
             run = EmulatedRun(
                 run_id=run_id, task_run_id=task_run_id, job_id=run_id + 500_000,
@@ -264,7 +266,9 @@ class JobsApi:
             run.error = f"{error.__class__.__name__}: {error}"
             self._finish(run, "FAILED", f"Emulator error: {error}", life_cycle="INTERNAL_ERROR")
 
-    def _execute_inner(self, run: EmulatedRun, pending_s: float, internal: str | None, lose_after: float | None) -> None:
+    def _execute_inner(
+        self, run: EmulatedRun, pending_s: float, internal: str | None, lose_after: float | None
+    ) -> None:
         started = time.monotonic()
         if run.cancel_event.wait(pending_s):
             self._finish(run, "CANCELED", "Run cancelled while pending.")

@@ -227,7 +227,11 @@ class DatabricksEmulator(DbfsApi, ClustersApi, JobsApi):
         if parts[:1] == ["api"] and len(parts) == 5 and parts[2] == "permissions":
             if method in ("PATCH", "PUT"):
                 return self.update_permissions(parts[3], parts[4], body)
-            return {"object_id": f"/{parts[3]}/{parts[4]}", "object_type": parts[3].rstrip("s"), "access_control_list": []}
+            return {
+                "object_id": f"/{parts[3]}/{parts[4]}",
+                "object_type": parts[3].rstrip("s"),
+                "access_control_list": [],
+            }
         if parts == ["api", "2.0", "dbfs"]:
             pass
         if parts == ["emulator", "faults"] and method == "POST":
@@ -290,11 +294,15 @@ class _Handler(BaseHTTPRequestHandler):
             if auth.startswith("Basic "):
                 client_id, _, client_secret = base64.b64decode(auth[6:]).decode().partition(":")
             if form.get("grant_type") != "client_credentials":
-                return self._send(400, {"error": "unsupported_grant_type", "error_description": "grant_type must be client_credentials"})
+                return self._send(400, {
+                    "error": "unsupported_grant_type", "error_description": "grant_type must be client_credentials",
+                })
             token = self.emulator.issue_oauth_token(client_id, client_secret)
             if token is None:
                 return self._send(401, {"error": "invalid_client", "error_description": "Client authentication failed"})
-            return self._send(200, {"access_token": token, "token_type": "Bearer", "expires_in": 3600, "scope": "all-apis"})
+            return self._send(200, {
+                "access_token": token, "token_type": "Bearer", "expires_in": 3600, "scope": "all-apis",
+            })
         if not self.emulator.authorized(self.headers.get("Authorization")):
             return self._send(401, {
                 "error_code": "UNAUTHENTICATED",

@@ -54,11 +54,12 @@ def source_data(
     ).where(~F.dayofweek("position_date").isin(1, 7))
     ids = spark.range(config.rows_per_date)
     hashed = F.xxhash64("position_date", "id", F.lit(config.seed))
+    category_index = (F.pmod(F.xxhash64(hashed), F.lit(3)) + 1).cast("int")
     rows = days.crossJoin(ids).select(
         "position_date",
         F.col("id").cast("bigint").alias("id"),
         (F.pmod(hashed, F.lit(10_000)) / F.lit(100.0)).alias("value"),
-        F.element_at(F.array(*map(F.lit, "ABC")), (F.pmod(F.xxhash64(hashed), F.lit(3)) + 1).cast("int")).alias("category"),
+        F.element_at(F.array(*map(F.lit, "ABC")), category_index).alias("category"),
     )
     # Not partitioned by date (hundreds of tiny files), but range-sorted into ~20-date files, so
     # Delta's per-file min/max statistics skip every file outside the dates a run reads.

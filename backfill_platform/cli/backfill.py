@@ -41,7 +41,9 @@ def add_command(commands) -> None:
     parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait (default 6 h)")
     add_selection_arguments(parser)
     parser.add_argument("--tags", action="append", default=[], metavar="KEY=VALUE", help="run tags (repeatable)")
-    parser.add_argument("--full-refresh", action="store_true", help="run config full_refresh=true (see DestinationConfig)")
+    parser.add_argument(
+        "--full-refresh", action="store_true", help="run config full_refresh=true (see DestinationConfig)"
+    )
     parser.add_argument(
         "--expect", action="append", default=[], metavar="NAME=POLICY",
         help="override an expectation's policy: warn, drop or fail",
@@ -108,7 +110,10 @@ def cmd_backfill(context: CommandContext, args: argparse.Namespace) -> int:
     run_config = backfill_run_config(args)
     plan = build_plan(context, dt.date.fromisoformat(keys[0]), dt.date.fromisoformat(keys[-1]), args)
     if not plan.selected_keys:
-        say(f"Nothing to backfill with --reprocess {args.reprocess}: see `backfill-platform plan --from {keys[0]} --to {keys[-1]}`.")
+        say(
+            f"Nothing to backfill with --reprocess {args.reprocess}: "
+            f"see `backfill-platform plan --from {keys[0]} --to {keys[-1]}`."
+        )
         return EXIT_OK
     keys = sorted(plan.selected_keys)
     prerequisites = [key for key in tags.PREREQUISITES if instance.get_latest_materialization_event(key) is None]
@@ -118,7 +123,10 @@ def cmd_backfill(context: CommandContext, args: argparse.Namespace) -> int:
     )
     check_prerequisites(prerequisites, args, run_config)
     if prerequisites:
-        say(f"Also materializing {', '.join(k.to_user_string() for k in prerequisites)} first (never materialized here).")
+        say(
+            f"Also materializing {', '.join(k.to_user_string() for k in prerequisites)} first "
+            "(never materialized here)."
+        )
 
     keeper = KeepDaemon(instance, home, say)
     with keeper:
@@ -166,13 +174,20 @@ def run_chunked_backfill(instance, plan, args, run_tags, run_config, started) ->
     launch_id = launch.launch_chunks(
         instance, plan.runs, base_tags=run_tags, run_config=run_config, newest_first=plan.newest_first,
         max_concurrent=args.max_concurrent, timeout_s=args.timeout,
-        on_submit=lambda run, run_id: say(f"  submitted {run_id} for {run.first}..{run.last} ({len(run.keys)} day(s))"),
+        on_submit=lambda run, run_id: say(
+            f"  submitted {run_id} for {run.first}..{run.last} ({len(run.keys)} day(s))"
+        ),
     )
     say(f"Launch {launch_id}: runs tagged {tags.LAUNCH_ID}={launch_id} (filter by it in the UI's Runs page)")
-    runs = launch.wait_for_launch(instance, launch_id, timeout_s=args.timeout, on_progress=lambda line: say("  " + line))
+    runs = launch.wait_for_launch(
+        instance, launch_id, timeout_s=args.timeout, on_progress=lambda line: say("  " + line)
+    )
     failed = [run for run in runs if run.status != dg.DagsterRunStatus.SUCCESS]
     say("")
-    say(f"Launch {launch_id}: {len(runs) - len(failed)}/{len(runs)} run(s) succeeded, wall time {time.monotonic() - started:.1f} s")
+    say(
+        f"Launch {launch_id}: {len(runs) - len(failed)}/{len(runs)} run(s) succeeded, "
+        f"wall time {time.monotonic() - started:.1f} s"
+    )
     for run in failed:
         say(f"  FAILED {run.run_id}: {run.tags.get(tags.RANGE_START)}..{run.tags.get(tags.RANGE_END)}")
     return EXIT_FAILED if failed else EXIT_OK

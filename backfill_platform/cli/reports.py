@@ -33,9 +33,13 @@ def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
         "--reprocess", choices=REPROCESS, default="missing",
         help="which business days to (re)process: missing (default), failed (missing + failed), all",
     )
-    parser.add_argument("--chunk-size", type=positive_int, help="business days per run (default: the asset's backfill policy)")
+    parser.add_argument(
+        "--chunk-size", type=positive_int, help="business days per run (default: the asset's backfill policy)"
+    )
     parser.add_argument("--newest-first", action="store_true", help="launch the newest dates first")
-    parser.add_argument("--max-concurrent", type=positive_int, help="at most N runs of this backfill queued or running at once")
+    parser.add_argument(
+        "--max-concurrent", type=positive_int, help="at most N runs of this backfill queued or running at once"
+    )
 
 
 def add_commands(commands) -> None:
@@ -138,7 +142,9 @@ def export_history(context: CommandContext, history) -> dict:
 
     settings = context.settings
     if settings.deployment != "local":
-        raise UsageError("--export-log writes with the local Spark session; on Databricks run it from a notebook or job")
+        raise UsageError(
+            "--export-log writes with the local Spark session; on Databricks run it from a notebook or job"
+        )
     location = DeltaTables.from_settings(settings, mode="path").location(settings.tables.log_table)
     spark = start_spark_session(local_spark_config(settings))
     result = export_log(spark, location, history)

@@ -167,8 +167,10 @@ class DateHistory:
     def gave_up(self) -> bool:
         """The rerun sensor stopped retrying it, and it has not landed since."""
         key = self.day.isoformat()
-        return self.state == FAILED and any(a.run.gave_up_on(key) for a in self.attempts if not a.run.succeeded) and not (
-            self.last and self.last.succeeded
+        return (
+            self.state == FAILED
+            and any(a.run.gave_up_on(key) for a in self.attempts if not a.run.succeeded)
+            and not (self.last and self.last.succeeded)
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -457,7 +459,11 @@ def load_history(
         verdict = calendar.explain(day)
         key = day.isoformat()
         if key not in all_keys:
-            reason = verdict.reason if not verdict.is_business_day else "not a partition (before the start date or not over yet)"
+            reason = (
+                verdict.reason
+                if not verdict.is_business_day
+                else "not a partition (before the start date or not over yet)"
+            )
             histories.append(DateHistory(day, reason, NOT_BUSINESS, ()))
         else:
             histories.append(DateHistory(day, verdict.reason, states[key], tuple(by_key[key])))

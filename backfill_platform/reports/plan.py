@@ -104,9 +104,12 @@ class Plan:
         }
 
     def render(self) -> str:
-        lines = [f"Plan for destination_data {self.first}..{self.last} (--reprocess {self.reprocess}); nothing is launched."]
+        lines = [
+            f"Plan for destination_data {self.first}..{self.last} (--reprocess {self.reprocess}); nothing is launched."
+        ]
         for day in self.days:
-            lines.append(f"  {day.date} {day.date and _weekday(day.date)}  {day.reason:<34} {day.state:<19} -> {day.action}")
+            weekday = day.date and _weekday(day.date)
+            lines.append(f"  {day.date} {weekday}  {day.reason:<34} {day.state:<19} -> {day.action}")
         selected = len(self.selected_keys)
         lines.append(
             f"{selected} business day(s) to materialize in {len(self.runs)} run(s) "
@@ -141,7 +144,9 @@ def action_for(state: str, reason: str, reprocess: str) -> str:
     return f"skip: {state}"
 
 
-def chunk_runs(keys: Sequence[str], all_keys: Sequence[str], chunk_size: int, newest_first: bool = False) -> list[PlannedRun]:
+def chunk_runs(
+    keys: Sequence[str], all_keys: Sequence[str], chunk_size: int, newest_first: bool = False
+) -> list[PlannedRun]:
     """Consecutive partitions grouped into runs of at most ``chunk_size`` (oldest first unless
     ``newest_first``; then the newest run comes first and the short remainder is the oldest)."""
     index = {key: i for i, key in enumerate(all_keys)}

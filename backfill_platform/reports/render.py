@@ -24,7 +24,10 @@ def _short(text: str | None, width: int) -> str:
 def render_table(history: History) -> str:
     lines = [
         f"destination_data coverage and history, {history.first}..{history.last}",
-        f"{'date':<10} {'day':<3} {'state':<19} {'tries':>5} {'last run':<9} {'status':<8} {'secs':>6}  error / reason / link",
+        (
+            f"{'date':<10} {'day':<3} {'state':<19} {'tries':>5} {'last run':<9} "
+            f"{'status':<8} {'secs':>6}  error / reason / link"
+        ),
     ]
     for day in history.days:
         last = day.last
@@ -36,9 +39,10 @@ def render_table(history: History) -> str:
         flags += " (rerun sensor gave up)" if day.gave_up else ""
         detail = _short(day.last_error, 70) if day.state == "failed" else ""
         link = last.url if last else ""
+        separator = "  " if detail or flags else ""
         lines.append(
             f"{day.day} {day.day:%a} {day.state:<19} {len(day.attempts):>5} {(last.run_id[:8] if last else ''):<9} "
-            f"{(last.status if last else ''):<8} {secs:>6}  {detail + flags}{'  ' if detail or flags else ''}{link}".rstrip()
+            f"{(last.status if last else ''):<8} {secs:>6}  {detail + flags}{separator}{link}".rstrip()
         )
     lines.append("")
     lines.append(history.summary_line())
@@ -50,14 +54,20 @@ def render_table(history: History) -> str:
         + (", ".join(f"{d['date']} ({_retries(d)})" for d in after) if after else "none")
     )
     rates = analytics["success_rate_by_attempt"]
+    rate_summary = ", ".join(
+        f"#{n}: {int(r['succeeded'])}/{int(r['attempts'])} ({100 * r['rate']:.0f}%)" for n, r in rates.items()
+    )
     lines.append(
         "  success rate by attempt:      "
-        + (", ".join(f"#{n}: {int(r['succeeded'])}/{int(r['attempts'])} ({100 * r['rate']:.0f}%)" for n, r in rates.items()) if rates else "no finished attempts")
+        + (rate_summary if rates else "no finished attempts")
     )
     gave_up = analytics["give_ups"]
+    give_up_summary = ", ".join(
+        f"{g['date']} (run {str(g['run_id'])[:8]}{': ' + g['reason'] if g['reason'] else ''})" for g in gave_up
+    )
     lines.append(
         "  rerun sensor give-ups:        "
-        + (", ".join(f"{g['date']} (run {str(g['run_id'])[:8]}{': ' + g['reason'] if g['reason'] else ''})" for g in gave_up) if gave_up else "none")
+        + (give_up_summary if gave_up else "none")
     )
     lines.append(f"  retry runs: {analytics['retry_runs']}; step retries: {analytics['step_retries']}")
     return "\n".join(lines)

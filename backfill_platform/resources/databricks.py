@@ -243,7 +243,9 @@ def _credentials(settings: Settings) -> dict[str, Any]:
         return {"databricks_token": dg.EnvVar(DATABRICKS_TOKEN_VAR).get_value()}
     if has_oauth:
         if not settings.databricks.client_id or not secret_is_set(DATABRICKS_CLIENT_SECRET_VAR):
-            missing = "BACKFILL_DATABRICKS_CLIENT_ID" if not settings.databricks.client_id else DATABRICKS_CLIENT_SECRET_VAR
+            missing = (
+                "BACKFILL_DATABRICKS_CLIENT_ID" if not settings.databricks.client_id else DATABRICKS_CLIENT_SECRET_VAR
+            )
             raise DatabricksConfigError(
                 f"OAuth needs both BACKFILL_DATABRICKS_CLIENT_ID and {DATABRICKS_CLIENT_SECRET_VAR}: set {missing}."
             )

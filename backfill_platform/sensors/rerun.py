@@ -40,7 +40,7 @@ from backfill_platform.partitions import BusinessDays
 from backfill_platform.sensors.failures import (
     DESTINATION,
     RERUN_SENSOR_NAME,
-    FailedRun,  # noqa: F401 - re-exported for readers of the cursor format
+    FailedRun,
     describe_failed_run,
     failed_runs_since,
 )

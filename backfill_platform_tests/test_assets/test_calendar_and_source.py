@@ -42,7 +42,8 @@ def test_demo_source_is_the_seeds_source_and_reproducible(spark, resources):
     frame = source.read(spark)
     assert dict(frame.dtypes) == {"position_date": "date", "id": "bigint", "value": "double", "category": "string"}
     rows = frame.collect()
-    weekdays = [d for d in (dt.date(2024, 1, 1) + dt.timedelta(i) for i in range(690)) if d <= dt.date(2025, 11, 20) and d.weekday() < 5]
+    days = (dt.date(2024, 1, 1) + dt.timedelta(i) for i in range(690))
+    weekdays = [d for d in days if d <= dt.date(2025, 11, 20) and d.weekday() < 5]
     assert len(weekdays) == 494
     assert len(rows) == 4940
     assert {r.position_date for r in rows} == set(weekdays)  # holidays included, as in the seed

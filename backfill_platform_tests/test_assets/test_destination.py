@@ -60,7 +60,9 @@ def test_rerunning_a_partition_is_idempotent_and_other_dates_are_untouched(spark
     changed = [r for r in before if r not in after]
     assert len(changed) == 10 and {str(r[0]) for r in changed} == {"2024-06-18"}
     # 2024-06-19 is Juneteenth: not a partition, never written
-    assert rows_per_date(spark, destination) == {d: 10 for d in ["2024-06-17", "2024-06-18", "2024-06-20", "2024-06-21"]}
+    assert rows_per_date(spark, destination) == {
+        d: 10 for d in ["2024-06-17", "2024-06-18", "2024-06-20", "2024-06-21"]
+    }
     assert all(r[2] >= 1000 for r in table_rows(spark, destination) if str(r[0]) == "2024-06-18")
 
 

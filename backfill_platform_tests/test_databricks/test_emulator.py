@@ -88,7 +88,9 @@ def test_submit_validation_clusters_and_permissions(client, emulator):
     assert "Cannot read the python file dbfs:/s/missing.py" in client.jobs.get_run_output(run.tasks[0].run_id).error
     client.permissions.update(
         "jobs", str(run.job_id),
-        access_control_list=[iam.AccessControlRequest(group_name="data-eng", permission_level=iam.PermissionLevel.CAN_VIEW)],
+        access_control_list=[
+            iam.AccessControlRequest(group_name="data-eng", permission_level=iam.PermissionLevel.CAN_VIEW)
+        ],
     )
     assert emulator.permission_updates[-1][:2] == ("jobs", str(run.job_id))
 
@@ -98,7 +100,9 @@ def test_timeout_seconds_and_cancel_end_a_running_run(client, emulator):
     client.dbfs.put("/s/sleep.py", contents=base64.b64encode(b"import time\ntime.sleep(600)").decode(), overwrite=True)
     task = {"task_key": "t", "spark_python_task": {"python_file": "dbfs:/s/sleep.py"},
             "new_cluster": {"spark_version": "15.4.x-scala2.12", "node_type_id": "x", "num_workers": 0}}
-    timed = client.jobs.submit(run_name="timeout", timeout_seconds=1, tasks=[jobs.SubmitTask.from_dict(task)]).bind()["run_id"]
+    timed = client.jobs.submit(
+        run_name="timeout", timeout_seconds=1, tasks=[jobs.SubmitTask.from_dict(task)]
+    ).bind()["run_id"]
     cancelled = client.jobs.submit(run_name="cancel", tasks=[jobs.SubmitTask.from_dict(task)]).bind()["run_id"]
     emulator.wait_for_run(timed, timeout_s=30)
     state = client.jobs.get_run(timed).state

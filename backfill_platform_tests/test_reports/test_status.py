@@ -82,7 +82,10 @@ def history_home(tmp_path_factory, spark):
         rows += [(dt.date(2024, 7, 5), None, 1.0, "A"), (dt.date(2024, 7, 8), None, 1.0, "A")]
         spark.createDataFrame(rows, SCHEMA).write.format("delta").save(tables.source.path)
 
-        a = _materialize(resources, instance, {"dagster/asset_partition_range_start": "2024-07-01", "dagster/asset_partition_range_end": "2024-07-03"})
+        a = _materialize(
+            resources, instance,
+            {"dagster/asset_partition_range_start": "2024-07-01", "dagster/asset_partition_range_end": "2024-07-03"},
+        )
         assert a.success
         b = _materialize(resources, instance, {}, partition_key="2024-07-05")
         assert not b.success
@@ -199,9 +202,13 @@ def test_plan_selects_by_reprocess_and_estimates_from_past_runs(history_home, ca
     assert plan["runs"] == [{"first": "2024-07-11", "last": "2024-07-12", "partitions": 2}]
     assert plan["estimate"]["past_runs"] == 2  # runs A (3 days) and C (1 day)
 
-    code, out, _ = run_cli(env, ["plan", *RANGE, "--reprocess", "failed", "--chunk-size", "2", "--format", "json"], capsys)
+    code, out, _ = run_cli(
+        env, ["plan", *RANGE, "--reprocess", "failed", "--chunk-size", "2", "--format", "json"], capsys
+    )
     plan = json.loads(out)
-    assert [(r["first"], r["last"]) for r in plan["runs"]] == [("2024-07-08", "2024-07-08"), ("2024-07-11", "2024-07-12")]
+    assert [(r["first"], r["last"]) for r in plan["runs"]] == [
+        ("2024-07-08", "2024-07-08"), ("2024-07-11", "2024-07-12")
+    ]
 
     code, out, _ = run_cli(env, ["plan", *RANGE, "--reprocess", "all", "--chunk-size", "2", "--newest-first"], capsys)
     assert "7 business day(s) to materialize in 4 run(s) (at most 2 per run, newest first):" in out
@@ -248,7 +255,10 @@ def test_heatmap_png_and_idempotent_log_export(history_home, capsys, spark):
     [
         (["status", "--from", "2024-07-12", "--to", "2024-07-01"], "--from 2024-07-12 is after --to 2024-07-01"),
         (["status", "--from", "07/01/2024", "--to", "2024-07-12"], "is not a date: use the form YYYY-MM-DD"),
-        (["plan", "--from", "2024-07-04", "--to", "2024-07-04"], "there is no business day between 2024-07-04 and 2024-07-04"),
+        (
+            ["plan", "--from", "2024-07-04", "--to", "2024-07-04"],
+            "there is no business day between 2024-07-04 and 2024-07-04",
+        ),
         (["plan", "--from", "2024-02-30", "--to", "2024-03-04"], "is not a calendar date"),
         (["plan", "--from", "2099-01-02", "--to", "2099-01-05"], "has not ended yet"),
         (["backfill", *RANGE, "--tags", "novalue"], "use KEY=VALUE"),
@@ -267,10 +277,11 @@ def test_bad_input_is_a_clear_message_and_exit_2(tmp_path, capsys, argv, message
 
 def test_empty_instance_status_says_so(tmp_path, capsys):
     home = make_dagster_home(tmp_path / "home")
-    code, out, err = run_cli({"DAGSTER_HOME": str(home), "BACKFILL_DATA_DIR": str(tmp_path / "data")}, ["status", *RANGE], capsys)
+    env = {"DAGSTER_HOME": str(home), "BACKFILL_DATA_DIR": str(tmp_path / "data")}
+    code, out, err = run_cli(env, ["status", *RANGE], capsys)
     assert code == 3
     assert "no destination_data run in this instance yet" in err and "backfill-platform backfill --from" in err
-    code, out, err = run_cli({"DAGSTER_HOME": str(home), "BACKFILL_DATA_DIR": str(tmp_path / "data")}, ["plan", *RANGE], capsys)
+    code, out, err = run_cli(env, ["plan", *RANGE], capsys)
     assert code == 0 and "no estimate: no successful destination_data run in this instance yet" in out
 
 

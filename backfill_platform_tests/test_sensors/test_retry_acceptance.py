@@ -347,11 +347,13 @@ def test_logic_error_fails_once_chunk_is_bisected_and_the_sensor_gives_up(deploy
     assert sorted(LOGIC_DAY in h["text"] for h in hooks) == [False, True]
     assert "hooks/T000" not in logic_body  # the webhook URL (a secret) is not in messages
     _report("S3 logic error in a chunk + bisect + attempt limit + alerts", [
-        f"chunk run {CHUNK[0]}..{CHUNK[-1]}: FAILURE after {_attempts(instance, chunk_run.dagster_run.run_id)} attempt, "
+        f"chunk run {CHUNK[0]}..{CHUNK[-1]}: "
+        f"FAILURE after {_attempts(instance, chunk_run.dagster_run.run_id)} attempt, "
         f"will_retry={chunk_run.dagster_run.tags.get('dagster/will_retry')}",
         "sensor reruns: " + ", ".join(
             f"{_dates(r.dagster_run)[0]} attempt {r.dagster_run.tags[tags.RERUN_ATTEMPT]} "
-            f"{r.dagster_run.status.value} ({_attempts(instance, r.dagster_run.run_id)} step attempts)" for r in reruns),
+            f"{r.dagster_run.status.value} ({_attempts(instance, r.dagster_run.run_id)} step attempts)"
+            for r in reruns),
         f"gave up: {LOGIC_DAY} (logic), {HOPELESS_DAY} (limit {RERUN_MAX_ATTEMPTS}); "
         f"tick message: {gave_up_messages[0][:200]}",
         f"alerts: {len(mails)} emails {[m['Subject'] for m in mails]}, {len(hooks)} webhook posts",
@@ -393,7 +395,8 @@ def test_killed_worker_leaves_no_partial_data_and_the_sensor_completes_the_date(
     _report("S4 SIGKILL mid-write", [
         f"killed run {killed.dagster_run.run_id[:8]}: FAILURE ({failure_text.strip()[:160]})",
         f"sensor rerun {rerun.dagster_run.run_id[:8]} (attempt 1): SUCCESS",
-        f"rows of {KILL_DAY} in each of the {len(counts)} table versions: {sorted(set(counts.values()))} (never partial)",
+        f"rows of {KILL_DAY} in each of the {len(counts)} table versions: "
+        f"{sorted(set(counts.values()))} (never partial)",
     ])
 
 
@@ -412,7 +415,9 @@ def test_status_reports_the_history_the_daemon_and_the_sensor_made(deployment):
     # coverage: 28 business days (20 in February 2024, 8 in March up to the 12th), 13 other days
     assert report["business_days"] == 28
     assert report["counts"] == {"materialized": 22, "failed": 2, "missing": 4, "in flight": 0, "not a business day": 13}
-    assert [d for d, v in dates.items() if v["state"] == "missing"] == ["2024-03-01", "2024-03-04", "2024-03-05", "2024-03-11"]
+    assert [d for d, v in dates.items() if v["state"] == "missing"] == [
+        "2024-03-01", "2024-03-04", "2024-03-05", "2024-03-11"
+    ]
     assert dates["2024-02-19"]["reason"] == "holiday: Washington's Birthday"  # pandas' name for Presidents Day
 
     # per-date run attempts, from the runs the daemon and the sensor launched
