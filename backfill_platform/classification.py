@@ -426,9 +426,10 @@ def failure_for(error: BaseException, dates: Sequence[str] = ()) -> dg.Failure:
 
 
 @contextlib.contextmanager
-def classified_failures(dates: Sequence[str] = ()) -> Iterator[None]:
-    """Run a step body; re-raise whatever it raises as a classified ``dagster.Failure``
-    (``RetryRequested`` and Dagster's interruption, a cancellation, pass through as they are)."""
+def classified_failures(dates: Sequence[str] = (), schedule=None, previous_attempts: int = 0) -> Iterator[None]:
+    """Run a step body; re-raise whatever it raises as a classified ``dagster.Failure`` (through
+    ``schedule.raise_for``, as a ``RetryRequested`` when it may be retried: ``retrying.py``).
+    ``RetryRequested`` and Dagster's interruption, a cancellation, pass through as they are."""
     try:
         yield
     except dg.RetryRequested:
@@ -436,21 +437,11 @@ def classified_failures(dates: Sequence[str] = ()) -> Iterator[None]:
     except dg.DagsterExecutionInterruptedError:
         raise
     except Exception as error:
-        raise failure_for(error, dates) from error
-
-
-def retry_policy(max_retries: int, delay_seconds: float) -> dg.RetryPolicy:
-    """The seed's ``max_retries: 3`` / ``min_retry_interval_millis: 60000``, with exponential backoff
-    and jitter: Dagster waits (2^n - 1) * delay +/- delay before retry n, i.e. about 60, 180 and
-    420 s (each +/- 60 s) with the defaults (``BACKFILL_STEP_MAX_RETRIES``,
-    ``BACKFILL_STEP_RETRY_DELAY_SECONDS``). Only failures with ``allow_retries=True`` (transient,
-    unknown) are retried."""
-    return dg.RetryPolicy(
-        max_retries=max_retries,
-        delay=delay_seconds,
-        backoff=dg.Backoff.EXPONENTIAL,
-        jitter=dg.Jitter.PLUS_MINUS,
-    )
+        failure = failure_for(error, dates)
+        failure.__cause__ = error
+        if schedule is None:
+            raise failure from error
+        schedule.raise_for(failure, previous_attempts)
 
 
 __all__ = [
@@ -477,6 +468,5 @@ __all__ = [
     "failure_for",
     "failure_metadata",
     "http_status",
-    "retry_policy",
     "run_state_classification",
 ]

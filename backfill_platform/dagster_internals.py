@@ -31,6 +31,21 @@ replace it.
     why: whether the rerun sensor is on, as stored in the instance
     public replacement: GraphQL ``sensorOrError { sensorState { status } }``
 
+:func:`cancel_backfill`
+    internal used: ``BulkActionStatus.CANCELING``, ``PartitionBackfill.with_status``
+    why: cancel a backfill (the daemon then cancels its queued and running runs) as the UI's *Cancel
+    backfill* does, without a webserver
+    public replacement: the webserver's GraphQL ``cancelPartitionBackfill(backfillId:)``
+
+:func:`reexecute_from_failure`
+    internal used: ``ReexecutionStrategy``, ``JobSubsetSelector``, ``DagsterInstance.create_reexecuted_run``
+    and the ``cli_target`` lookups
+    why: ``backfill-platform repair`` re-executes failed runs from failure exactly as the UI's
+    *Re-execute > From failure* does (the parent's job, asset selection, run config and tags,
+    ``dagster/parent_run_id``/``root_run_id``), submitted to the run queue, without a webserver
+    public replacement: the webserver's GraphQL ``launchRunReexecution(reexecutionParams: {parentRunId,
+    strategy: FROM_FAILURE})``; Dagster has no public Python API for it
+
 Public APIs used instead of internals elsewhere: ``dg.DagsterRunStatus``, ``dg.RunsFilter``,
 ``dg.DagsterRun``, ``dg.AssetPartitionStatus``, ``dg.DagsterUnknownPartitionError``,
 ``dg.partition_loading_context``, ``dg.QueuedRunCoordinator``, ``dg.SubmitRunContext``; daemon
@@ -166,11 +181,65 @@ def sensor_is_running(instance: dg.DagsterInstance, name: str) -> bool | None:
     return None
 
 
+def reexecute_from_failure(instance: dg.DagsterInstance, workspace, parent_run: dg.DagsterRun) -> str:
+    """Re-execute ``parent_run`` from its failed step and submit it to the run queue; return the new run id.
+
+    What GraphQL ``launchRunReexecution`` does for the UI's *Re-execute > From failure*: the remote job
+    is the parent's (its code location, repository, job and asset selection), the run config and tags
+    are the parent's (``use_parent_run_tags``), the new run is tagged ``dagster/parent_run_id`` and
+    ``dagster/root_run_id``. A run created in process (``materialize``) has no remote origin: the
+    workspace's only code location and repository are used.
+    """
+    from dagster._cli.workspace.cli_target import (
+        get_code_location_from_workspace,
+        get_remote_repository_from_code_location,
+    )
+    from dagster._core.definitions.selector import JobSubsetSelector
+    from dagster._core.execution.plan.resume_retry import ReexecutionStrategy
+
+    origin = parent_run.remote_job_origin.repository_origin if parent_run.remote_job_origin else None
+    location = get_code_location_from_workspace(
+        workspace, origin.code_location_origin.location_name if origin else None
+    )
+    repo = get_remote_repository_from_code_location(location, origin.repository_name if origin else None)
+    remote_job = location.get_job(
+        JobSubsetSelector(
+            location_name=location.name,
+            repository_name=repo.name,
+            job_name=parent_run.job_name,
+            op_selection=None,
+            asset_selection=parent_run.asset_selection,
+            asset_check_selection=parent_run.asset_check_selection,
+        )
+    )
+    run = instance.create_reexecuted_run(
+        parent_run=parent_run,
+        request_context=workspace,
+        code_location=location,
+        remote_job=remote_job,
+        strategy=ReexecutionStrategy.FROM_FAILURE,
+        use_parent_run_tags=True,
+    )
+    instance.submit_run(run.run_id, workspace)
+    return run.run_id
+
+
+def cancel_backfill(instance: dg.DagsterInstance, backfill_id: str) -> None:
+    """Cancel a backfill as the UI's *Cancel backfill* (GraphQL ``cancelPartitionBackfill``) does: mark
+    it CANCELING; the daemon then cancels its queued and running runs and marks it CANCELED."""
+    backfill = instance.get_backfill(backfill_id)
+    if backfill is None:
+        raise KeyError(f"no backfill {backfill_id} in this instance")
+    instance.update_backfill(backfill.with_status(BulkActionStatus.CANCELING))
+
+
 __all__ = [
     "BACKFILL_TERMINAL_STATUSES",
     "BulkActionStatus",
     "JobSubmitter",
+    "cancel_backfill",
     "project_workspace",
+    "reexecute_from_failure",
     "requested_backfills",
     "sensor_is_running",
     "store_asset_backfill",

@@ -34,7 +34,7 @@ def build_defs(settings: Settings, resources: Mapping[str, Any] | None = None) -
     """The whole code location for ``settings``. ``resources`` replace bindings by key (tests bind
     fault-injecting ``write_hooks`` this way)."""
     business_days = BusinessDays.from_settings(settings.calendar)
-    job = build_destination_job(business_days.partitions_def)
+    job = build_destination_job(business_days.partitions_def, settings.retries)
     core = dg.Definitions(
         assets=build_assets(settings, business_days),
         jobs=[job],

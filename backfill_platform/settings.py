@@ -31,6 +31,7 @@ tests build their own. :class:`Settings` has one section per concern: ``tables``
 | ``BACKFILL_RERUN_DAYS_BACK`` | ``7`` | the sensor looks at failures of the last N days (the seed's ``retry_days_back``) |
 | ``BACKFILL_RERUN_BATCH_SIZE`` | ``20`` | reruns requested per sensor tick at most |
 | ``BACKFILL_RERUN_INTERVAL_SECONDS`` | ``300`` | minimum seconds between ticks of the rerun sensor |
+| ``BACKFILL_RUN_TIMEOUT_SECONDS`` | ``1800`` | the seed's ``timeout_seconds``: a run's maximum runtime (``dagster/max_runtime``); Databricks runs time out slightly earlier |
 | ``BACKFILL_ALERT_INTERVAL_SECONDS`` | ``30`` | minimum seconds between ticks of the alert sensor |
 | ``BACKFILL_AUTOMATION`` | ``stopped`` | default status of the sensors and the schedule: ``running`` or ``stopped`` |
 | ``BACKFILL_SCHEDULE_CRON`` | ``0 6 * * 1-5`` | when the daily schedule materializes the latest completed business day |
@@ -62,7 +63,6 @@ client secret are read with ``dagster.EnvVar`` when the launcher starts.
 | ``BACKFILL_DATABRICKS_LIBRARIES`` | (none) | extra libraries, comma-separated: ``pypi:pkg==1.0``, ``whl:dbfs:/x.whl``, ``jar:dbfs:/x.jar`` |
 | ``BACKFILL_DATABRICKS_STAGING_PREFIX`` | ``/dagster_staging/backfill_platform`` | DBFS folder for the launcher's uploads |
 | ``BACKFILL_DATABRICKS_POLL_INTERVAL_S`` | ``5`` | how often the launcher polls ``runs/get`` |
-| ``BACKFILL_DATABRICKS_MAX_WAIT_S`` | ``3600`` | longest a step may take on Databricks (``timeout_seconds`` too) |
 | ``BACKFILL_DATABRICKS_VIEWER_GROUPS`` | (none) | groups granted CAN_VIEW on each submitted run, comma-separated |
 | ``BACKFILL_DATABRICKS_TABLE_PATH_ROOT`` | (none) | set by the emulator's cluster only: Delta paths instead of Unity Catalog names |
 """  # noqa: E501 - the settings tables above are one row a line
@@ -112,6 +112,16 @@ def _parse_non_negative_float(name: str, value: str) -> float:
         number = -1.0
     if not number >= 0:  # also refuses nan
         raise SettingsError(f"{name}={value!r} must be a number of seconds (0 or more).")
+    return number
+
+
+def _parse_positive_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not (number > 0 and number != float("inf")):  # also refuses nan and inf
+        raise SettingsError(f"{name}={value!r} must be a number of seconds greater than 0.")
     return number
 
 
@@ -210,6 +220,10 @@ class RetrySettings:
     rerun_days_back: int = 7
     rerun_batch_size: int = 20
     rerun_interval_seconds: int = 300
+    # The seed's timeout_seconds: a run's maximum runtime (tag dagster/max_runtime, ended by run
+    # monitoring, then retried by run retries); a Databricks run gets a slightly shorter
+    # timeout_seconds, so Databricks reports TIMEDOUT first (a transient failure, retried).
+    run_timeout_seconds: float = 1800.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,7 +275,6 @@ class DatabricksSettings:
     libraries: str = ""
     staging_prefix: str = "/dagster_staging/backfill_platform"
     poll_interval_s: str = "5"
-    max_wait_s: str = "3600"
     table_path_root: str = ""
     viewer_groups: str = ""
     pool: str = "databricks_runs"
@@ -340,6 +353,7 @@ class Settings:
                 "BACKFILL_RERUN_DAYS_BACK": ("rerun_days_back", _parse_positive_int),
                 "BACKFILL_RERUN_BATCH_SIZE": ("rerun_batch_size", _parse_positive_int),
                 "BACKFILL_RERUN_INTERVAL_SECONDS": ("rerun_interval_seconds", _parse_positive_int),
+                "BACKFILL_RUN_TIMEOUT_SECONDS": ("run_timeout_seconds", _parse_positive_float),
             }),
             automation=section(AutomationSettings, {
                 "BACKFILL_AUTOMATION": ("status", _parse_lower),

@@ -23,6 +23,7 @@ RETRY_NUMBER = "dagster/retry_number"  # run retries: 1, 2, ...
 PARENT_RUN_ID = "dagster/parent_run_id"  # run retries / re-execution: the run this one retries
 ROOT_RUN_ID = "dagster/root_run_id"  # ... and the first run of the chain
 WILL_RETRY = "dagster/will_retry"  # "true" on a failed run that run retries will retry
+MAX_RUNTIME = "dagster/max_runtime"  # seconds; run monitoring ends (fails) a run that runs longer
 
 # --- the platform's run tags --------------------------------------------------------------------
 PREFIX = "backfill_platform"

@@ -15,6 +15,9 @@ processes them::
   Spark task before Delta commits: the processes and their JVM die mid-write, like an OOM kill.
 - ``hang:N`` the first N attempts that include the date sleep for an hour before writing, so the
   run's maximum runtime (``dagster/max_runtime``, run monitoring) ends it.
+- ``slow:S`` every attempt that includes the date writes through a Spark task that sleeps S seconds
+  per row (a long-running Spark job, for Cancel); the task touches ``<state_dir>/<date>.writing``
+  when it starts.
 
 Attempts are counted per date in files under ``state_dir``, so counts survive process deaths and span
 runs. A ``kill``
@@ -35,7 +38,7 @@ from backfill_platform.classification import DataQualityError
 from backfill_platform.resources.write_hooks import WriteHooks
 from backfill_platform.settings import SettingsError
 
-KINDS = ("transient", "logic", "kill", "hang")
+KINDS = ("transient", "logic", "kill", "hang", "slow")
 
 
 class InjectedTransientFault(ConnectionError):
@@ -84,7 +87,34 @@ class FaultInjector(WriteHooks):
         return bool(self.faults)
 
     def before_write(self, dates: Sequence[str], frame):
-        return self.arm_kill(frame, self.raise_injected(dates))
+        return self.slow_down(self.arm_kill(frame, self.raise_injected(dates)), dates)
+
+    def slow_down(self, frame, dates: Sequence[str]):
+        """``slow:S`` dates: the write's Spark tasks sleep S seconds per row."""
+        slow = [self.faults[day].times for day in dates if day in self.faults and self.faults[day].kind == "slow"]
+        if not slow:
+            return frame
+        import sys
+
+        from pyspark import cloudpickle
+        from pyspark.sql import functions as F
+        from pyspark.sql.types import BooleanType
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        markers = [str(Path(self.state_dir) / f"{day}.writing") for day in dates if day in self.faults]
+        Path(self.state_dir).mkdir(parents=True, exist_ok=True)
+        seconds = max(slow)
+
+        def sleep_per_row(_value) -> bool:
+            import pathlib as _pathlib
+            import time as _time
+
+            for marker in markers:
+                _pathlib.Path(marker).touch()
+            _time.sleep(seconds)
+            return True
+
+        return frame.where(F.udf(sleep_per_row, BooleanType())(F.col(frame.columns[0])))
 
     def _next_attempt(self, day: str) -> int:
         """Record one more attempt of ``day`` and return its number (1, 2, ...), across processes."""
@@ -109,6 +139,8 @@ class FaultInjector(WriteHooks):
         failing, armed, hanging = [], [], []
         for day in mine:
             fault = faults[day]
+            if fault.kind == "slow":  # not a failure: slow_down makes the write take long
+                continue
             if fault.kind == "kill":  # counted by the Spark task that fires it (arm_kill)
                 if self.attempts(day) < fault.times:
                     armed.append(day)
@@ -118,7 +150,10 @@ class FaultInjector(WriteHooks):
                 target = {"transient": failing, "hang": hanging}[fault.kind]
                 target.append(f"{day} (attempt {attempt}/{fault.times})")
         if hanging:
-            time.sleep(3600)  # ended by the run's maximum runtime (run monitoring terminates the run)
+            hang_marker = Path(self.state_dir) / "hanging"
+            hang_marker.touch()
+            for _ in range(3600):  # ended by the run's maximum runtime (run monitoring terminates the run);
+                time.sleep(1)  # short sleeps: the interruption is handled within a second
         if failing:
             raise InjectedTransientFault(
                 f"TEST-ONLY injected transient failure: connection reset while processing {', '.join(failing)}"

@@ -36,9 +36,9 @@ from backfill_platform.classification import (
     classify_text,
     failure_for,
     http_status,
-    retry_policy,
 )
 from backfill_platform.resources.databricks_failures import ERROR_TYPES, api_failure, run_failure
+from backfill_platform.retrying import RetrySchedule
 from backfill_platform.sensors.failures import FailedRun, final_dates
 from backfill_platform.settings import Settings, SettingsError
 
@@ -381,14 +381,34 @@ def test_a_real_step_failure_reads_back_its_class():
     assert classification_of_failure(None, {}) is None
 
 
-def test_retry_policy_takes_the_two_numbers():
-    default = retry_policy(max_retries=3, delay_seconds=60.0)
-    assert (default.max_retries, default.delay) == (3, 60.0)
-    assert default.backoff == dg.Backoff.EXPONENTIAL and default.jitter == dg.Jitter.PLUS_MINUS
-    short = retry_policy(max_retries=2, delay_seconds=0.2)
-    assert (short.max_retries, short.delay) == (2, 0.2)
+def test_retry_schedule_waits_at_least_the_configured_interval():
+    """The seed's min_retry_interval is a minimum: jitter only adds (issue 10). Dagster's own
+    Jitter.PLUS_MINUS, which this project used before, could wait 0 s before retry 1."""
+    schedule = RetrySchedule.from_settings(Settings().retries)
+    assert (schedule.max_retries, schedule.delay_seconds) == (3, 60.0)
+    assert [schedule.delay_before(n, rng=lambda: 0.0) for n in (1, 2, 3)] == [60.0, 180.0, 420.0]
+    assert [schedule.delay_before(n, rng=lambda: 0.999) for n in (1, 2, 3)] == pytest.approx([119.94, 239.94, 479.94])
+    assert min(schedule.delay_before(1) for _ in range(2000)) >= 60.0
+    plus_minus = dg.RetryPolicy(max_retries=3, delay=60, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+    assert min(plus_minus.calculate_delay(1) for _ in range(2000)) < 60.0  # what the schedule replaces
+    policy = schedule.policy()  # the op's RetryPolicy (errors outside the body): no jitter at all
+    assert (policy.max_retries, policy.delay, policy.backoff, policy.jitter) == (3, 60.0, dg.Backoff.EXPONENTIAL, None)
     with pytest.raises(SettingsError, match="BACKFILL_STEP_RETRY_DELAY_SECONDS"):
         Settings.from_env({"BACKFILL_STEP_RETRY_DELAY_SECONDS": "soon"})
+
+
+def test_a_retryable_failure_is_raised_as_a_retry_request_and_a_logic_one_as_itself():
+    schedule = RetrySchedule(max_retries=2, delay_seconds=1.0)
+    with pytest.raises(dg.RetryRequested) as retry:
+        with classified_failures(["2024-03-04"], schedule, previous_attempts=1):
+            raise ConnectionResetError("connection reset by peer")
+    assert retry.value.max_retries == 2 and 3.0 <= retry.value.seconds_to_wait < 4.0
+    cause = retry.value.__cause__
+    assert isinstance(cause, dg.Failure) and cause.metadata[FAILURE_CLASS_KEY].value == "transient"
+    with pytest.raises(dg.Failure) as logic:
+        with classified_failures(["2024-03-04"], schedule):
+            raise DataQualityError("bad rows", dates=["2024-03-04"])
+    assert logic.value.allow_retries is False and logic.value.metadata[FAILURE_CLASS_KEY].value == "logic"
 
 
 # ----------------------------------------------------------------------------- Databricks launcher

@@ -61,3 +61,37 @@ def test_job_submitter_queues_a_range_run(tmp_path):
 
 def test_sensor_is_running_reads_the_stored_state(instance):
     assert dagster_internals.sensor_is_running(instance, "rerun_failed_partitions") is None  # default only
+
+
+def test_reexecute_from_failure_queues_a_child_run_of_the_failed_step(tmp_path, spark):
+    from backfill_platform.definitions import build_defs
+    from backfill_platform.settings import Settings
+    from backfill_platform_tests.conftest import make_dagster_home
+
+    home = make_dagster_home(tmp_path / "home")
+    job = build_defs(Settings(data_dir=tmp_path / "data")).resolve_job_def(DESTINATION_JOB)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        # no source table: destination_data fails with a logic error, as in a real run
+        failed = job.execute_in_process(
+            instance=instance, partition_key="2024-07-01", tags={"team": "risk"}, raise_on_error=False
+        )
+        assert not failed.success
+        with dagster_internals.project_workspace(instance, WORKSPACE_YAML) as workspace:
+            run_id = dagster_internals.reexecute_from_failure(instance, workspace, failed.dagster_run)
+        run = instance.get_run_by_id(run_id)
+    assert run.status == dg.DagsterRunStatus.QUEUED  # submitted to the queue, for a daemon to start
+    assert run.job_name == DESTINATION_JOB and run.step_keys_to_execute == ["destination_data"]
+    assert run.parent_run_id == failed.run_id and run.root_run_id == failed.run_id
+    assert run.tags["dagster/parent_run_id"] == failed.run_id and run.tags["dagster/root_run_id"] == failed.run_id
+    assert run.tags["team"] == "risk" and run.tags["dagster/partition"] == "2024-07-01"
+    assert run.run_config == failed.dagster_run.run_config
+
+
+def test_cancel_backfill_marks_it_canceling_for_the_daemon(instance):
+    backfill_id = dagster_internals.store_asset_backfill(
+        instance, TEST_DEFS.resolve_asset_graph(), whole_assets=(),
+        partition_ranges={DESTINATION: [("2024-07-01", "2024-07-02")]}, tags={}, title=None, run_config=None,
+    )
+    dagster_internals.cancel_backfill(instance, backfill_id)
+    assert instance.get_backfill(backfill_id).status == dagster_internals.BulkActionStatus.CANCELING
+    assert dagster_internals.requested_backfills(instance) == []

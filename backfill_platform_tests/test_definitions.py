@@ -57,10 +57,12 @@ def test_asset_specs_snapshot():
 def test_settings_shape_the_definitions():
     from backfill_platform.settings import RetrySettings
 
-    defs = build_defs(Settings(max_partitions_per_run=7, retries=RetrySettings(step_max_retries=5)))
+    retries = RetrySettings(step_max_retries=5, run_timeout_seconds=42)
+    defs = build_defs(Settings(max_partitions_per_run=7, retries=retries))
     asset = defs.resolve_assets_def(DESTINATION)
     assert asset.backfill_policy.max_partitions_per_run == 7
     assert asset.op.retry_policy.max_retries == 5
+    assert defs.resolve_job_def(DESTINATION_JOB).tags["dagster/max_runtime"] == "42"  # one timeout
 
 
 def test_import_reads_the_environment_once():

@@ -29,8 +29,14 @@ Tables: the emulator's Spark has no Unity Catalog, so its "cluster" runs with
 ``<root>/warehouse/<catalog>/<schema>/<table>``. No metastore, so concurrent runs cannot lock each
 other out (an embedded Derby metastore would).
 
-Fault injection (Python methods, or ``POST /emulator/faults``): fail the next N submits, end the next
-run with INTERNAL_ERROR, lose the driver of the next run after N seconds, delay state transitions.
+``idempotency_token`` is honoured: a submit repeating an earlier submit's token creates nothing and
+answers that run's id. Every ``runs/submit`` received is recorded (``submit_requests``).
+
+Fault injection (Python methods, or ``POST /emulator/faults``; ``faults.py`` lists the kinds): refuse
+the next N submits (an HTTP error, or no answer), create a run and lose the answer (the client retries
+the call), fail ``runs/get``, end the next run with INTERNAL_ERROR (before or after its task), lose
+its driver after N seconds, time it out, keep it PENDING or RUNNING, make its first Spark write fail,
+delay state transitions.
 
 Run it: ``python -m databricks_emulator --port 8765`` (prints the environment to export); in tests
 use :class:`DatabricksEmulator` as a context manager.

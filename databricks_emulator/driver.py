@@ -7,6 +7,10 @@ job cluster it starts its own), defines the ``spark``, ``sc`` and
 ``dbutils`` globals and runs FILE as ``__main__`` with PARAMS as ``sys.argv[1:]`` (the emulator has
 already mapped ``/dbfs/...`` parameters to its storage). It deliberately imports nothing from
 ``backfill_platform``: the step gets the project's code from the launcher's zip, as on a real cluster.
+
+Two faults act here, in the task's process: ``EMULATOR_HOLD_S`` (the run is RUNNING, its driver waits
+before it runs the task) and ``EMULATOR_FAIL_FIRST_WRITE`` (the task's first Spark write raises
+``ConnectionResetError``: its own code meets a transient error).
 """
 
 import json
@@ -14,6 +18,7 @@ import os
 import runpy
 import shutil
 import sys
+import time
 from pathlib import Path
 
 DBFS_ROOT = Path(os.environ["EMULATOR_DBFS_ROOT"])
@@ -147,11 +152,35 @@ def serve_cluster(state_file: str) -> None:
     spark.stop()
 
 
+def _fail_first_write(message: str) -> None:
+    """Make the first ``DataFrameWriter.save``/``saveAsTable`` of this process raise, before Spark
+    writes anything (a storage connection reset, from the task's point of view)."""
+    from pyspark.sql.readwriter import DataFrameWriter
+
+    state = {"failed": False}
+
+    def failing(original):
+        def write(self, *args, **kwargs):
+            if not state["failed"]:
+                state["failed"] = True
+                raise ConnectionResetError(message)
+            return original(self, *args, **kwargs)
+
+        return write
+
+    DataFrameWriter.save = failing(DataFrameWriter.save)
+    DataFrameWriter.saveAsTable = failing(DataFrameWriter.saveAsTable)
+
+
 def main() -> None:
     if sys.argv[1] == "--cluster":
         serve_cluster(sys.argv[2])
         return
     python_file, parameters = sys.argv[1], sys.argv[2:]
+    if os.environ.get("EMULATOR_HOLD_S"):
+        time.sleep(float(os.environ["EMULATOR_HOLD_S"]))  # a cancel kills the process group meanwhile
+    if os.environ.get("EMULATOR_FAIL_FIRST_WRITE"):
+        _fail_first_write(os.environ["EMULATOR_FAIL_FIRST_WRITE"])
     spark, owned = _attach_to_cluster() if os.environ.get("EMULATOR_GATEWAY_PORT") else _start_spark()
     sys.argv = [python_file, *parameters]
     try:

@@ -1,7 +1,10 @@
 """Jobs: ``runs/submit`` (single ``spark_python_task``), ``runs/get``, ``runs/get-output``,
 ``runs/cancel`` and ``permissions``, and the execution of each run by a driver subprocess
 (``driver.py``): PENDING -> RUNNING -> TERMINATING -> TERMINATED with result_state
-SUCCESS/FAILED/TIMEDOUT/CANCELED (or INTERNAL_ERROR), ``timeout_seconds`` honoured."""
+SUCCESS/FAILED/TIMEDOUT/CANCELED (or INTERNAL_ERROR), ``timeout_seconds`` honoured.
+
+``idempotency_token`` as documented: a submit whose token an earlier submit already used creates
+nothing and answers that submit's ``run_id`` (whatever state the run is in); at most 64 characters."""
 
 from __future__ import annotations
 
@@ -17,8 +20,23 @@ from typing import Any
 
 from databricks_emulator.clusters import DRIVER_SCRIPT, kill_process_group, validate_new_cluster
 from databricks_emulator.dbfs import MAX_BLOCK
-from databricks_emulator.errors import ApiError, bad
-from databricks_emulator.faults import FAIL_SUBMIT, INTERNAL_ERROR, LOSE_DRIVER, PENDING, TIMEOUT, Faults
+from databricks_emulator.errors import ApiError, DropConnection, bad
+from databricks_emulator.faults import (
+    DROP_SUBMIT,
+    FAIL_AFTER_TASK,
+    FAIL_POLL,
+    FAIL_SUBMIT,
+    FAIL_WRITE,
+    HOLD_RUNNING,
+    INTERNAL_ERROR,
+    LOSE_DRIVER,
+    LOSE_SUBMIT_ANSWER,
+    PENDING,
+    TIMEOUT,
+    Faults,
+)
+
+MAX_IDEMPOTENCY_TOKEN = 64  # characters, as documented for runs/submit
 
 
 @dataclasses.dataclass
@@ -42,6 +60,10 @@ class EmulatedRun:
     cancel_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     done_event: threading.Event = dataclasses.field(default_factory=threading.Event)
     run_dir: Path | None = None
+    idempotency_token: str | None = None
+    hold_s: float = 0.0  # HOLD_RUNNING: the driver waits this long before running the task
+    fail_write: str | None = None  # FAIL_WRITE: the message of the task's first (failing) Spark write
+    fail_after_task: str | None = None  # FAIL_AFTER_TASK: the state message of the INTERNAL_ERROR after the task
 
 
 class JobsApi:
@@ -56,6 +78,7 @@ class JobsApi:
     runs: dict[int, EmulatedRun]
     clusters: dict[str, dict[str, Any]]
     submitted: list[dict[str, Any]]
+    submit_requests: list[dict[str, Any]]
     cancel_requests: list[int]
     permission_updates: list[tuple[str, str, dict[str, Any]]]
     warm_existing_clusters: bool
@@ -96,14 +119,87 @@ class JobsApi:
     # ------------------------------------------------------------------ jobs
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``runs/submit``. Every request is recorded in ``submit_requests`` (its body and what it got)."""
         body_text = json.dumps(body, sort_keys=True)
+        request: dict[str, Any] = {"body": body, "outcome": "received", "run_id": None}
+        token = body.get("idempotency_token")
         with self._lock:
+            self.submit_requests.append(request)
             refused = self.faults.take(FAIL_SUBMIT, body_text)
             if refused is not None:
+                request["outcome"] = f"refused {refused.value[0]}"
                 raise ApiError(*refused.value)
-            token = body.get("idempotency_token")
+            if self.faults.take(DROP_SUBMIT, body_text) is not None:
+                request["outcome"] = "dropped"
+                raise DropConnection()
+            if token is not None and (not isinstance(token, str) or len(token) > MAX_IDEMPOTENCY_TOKEN):
+                request["outcome"] = "refused 400"
+                raise bad(f"idempotency_token must be a string of at most {MAX_IDEMPOTENCY_TOKEN} characters.")
             if token and token in self._idempotency:
+                request.update(outcome="existing run", run_id=self._idempotency[token])
                 return {"run_id": self._idempotency[token]}
+        try:
+            task, cluster_id, new, timeout = self._validated_submit(body)
+        except ApiError as error:
+            request["outcome"] = f"refused {error.status}"
+            raise
+        with self._lock:
+            if token and token in self._idempotency:  # a concurrent submit with the same token won
+                request.update(outcome="existing run", run_id=self._idempotency[token])
+                return {"run_id": self._idempotency[token]}
+            self._next_id += 1
+            run_id = self._next_id
+            self._next_id += 1
+            task_run_id = self._next_id
+            if new:
+                cluster_id = f"{time.strftime('%m%d-%H%M%S')}-job{run_id}"
+                self.clusters[cluster_id] = {
+                    "cluster_id": cluster_id, "cluster_name": f"job-{run_id}-run-{run_id}",
+                    "spark_version": new["spark_version"], "node_type_id": new.get("node_type_id"),
+                    "state": "PENDING", "cluster_source": "JOB", "spark_env_vars": new.get("spark_env_vars", {}),
+                    **(
+                        {"num_workers": new["num_workers"]} if "num_workers" in new else {"autoscale": new["autoscale"]}
+                    ),
+                }
+            run = EmulatedRun(
+                run_id=run_id, task_run_id=task_run_id, job_id=run_id + 500_000,
+                run_name=body.get("run_name") or "Untitled", task=task, cluster_id=cluster_id,
+                timeout_seconds=timeout, submitted_at_ms=_now_ms(), idempotency_token=token,
+            )
+            self.runs[run_id] = run
+            self.submitted.append(body)
+            request.update(outcome="created", run_id=run_id)
+            if token:
+                self._idempotency[token] = run_id
+            delayed = self.faults.take(PENDING, body_text)
+            pending_s = delayed.value if delayed else self.faults.pending_delay_s
+            internal = self.faults.take(INTERNAL_ERROR, body_text)
+            internal = internal.value if internal else None
+            lost = self.faults.take(LOSE_DRIVER, body_text)
+            lose_after = lost.value if lost else None
+            timed = self.faults.take(TIMEOUT, body_text)
+            if timed is not None:
+                run.timeout_seconds = int(timed.value)
+            held = self.faults.take(HOLD_RUNNING, body_text)
+            run.hold_s = float(held.value) if held else 0.0
+            write = self.faults.take(FAIL_WRITE, body_text)
+            run.fail_write = write.value if write else None
+            after = self.faults.take(FAIL_AFTER_TASK, body_text)
+            run.fail_after_task = after.value if after else None
+            answer_lost = self.faults.take(LOSE_SUBMIT_ANSWER, body_text)
+        threading.Thread(
+            target=self._execute, args=(run, pending_s, internal, lose_after), name=f"run-{run_id}", daemon=True
+        ).start()
+        if answer_lost is not None:  # the run exists and starts; the client never learns its id
+            if answer_lost.value is None:
+                request["outcome"] = "created, connection dropped"
+                raise DropConnection()
+            request["outcome"] = f"created, answered {answer_lost.value[0]}"
+            raise ApiError(*answer_lost.value)
+        return {"run_id": run_id}
+
+    def _validated_submit(self, body: dict[str, Any]) -> tuple[dict[str, Any], str, dict[str, Any] | None, int]:
+        """The task, the existing cluster id, the new cluster spec and timeout_seconds of a submit."""
         tasks = body.get("tasks")
         if not isinstance(tasks, list) or len(tasks) != 1:
             raise bad("The emulator runs submits with exactly one task (tasks must hold one task).")
@@ -123,46 +219,18 @@ class JobsApi:
             raise bad("timeout_seconds must not be negative.")
         if existing:
             self.cluster(existing)
-            cluster_id = existing
         else:
             validate_new_cluster(new)
+        return task, existing or "", new, timeout
+
+    def get_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``runs/get`` (a FAIL_POLL fault matching the run's task answers an error instead)."""
+        run = self._find_run(body.get("run_id"))
         with self._lock:
-            self._next_id += 1
-            run_id = self._next_id
-            self._next_id += 1
-            task_run_id = self._next_id
-            if new:
-                cluster_id = f"{time.strftime('%m%d-%H%M%S')}-job{run_id}"
-                self.clusters[cluster_id] = {
-                    "cluster_id": cluster_id, "cluster_name": f"job-{run_id}-run-{run_id}",
-                    "spark_version": new["spark_version"], "node_type_id": new.get("node_type_id"),
-                    "state": "PENDING", "cluster_source": "JOB", "spark_env_vars": new.get("spark_env_vars", {}),
-                    **(
-                        {"num_workers": new["num_workers"]} if "num_workers" in new else {"autoscale": new["autoscale"]}
-                    ),
-                }
-            run = EmulatedRun(
-                run_id=run_id, task_run_id=task_run_id, job_id=run_id + 500_000,
-                run_name=body.get("run_name") or "Untitled", task=task, cluster_id=cluster_id,
-                timeout_seconds=timeout, submitted_at_ms=_now_ms(),
-            )
-            self.runs[run_id] = run
-            self.submitted.append(body)
-            if token:
-                self._idempotency[token] = run_id
-            delayed = self.faults.take(PENDING, body_text)
-            pending_s = delayed.value if delayed else self.faults.pending_delay_s
-            internal = self.faults.take(INTERNAL_ERROR, body_text)
-            internal = internal.value if internal else None
-            lost = self.faults.take(LOSE_DRIVER, body_text)
-            lose_after = lost.value if lost else None
-            timeout = self.faults.take(TIMEOUT, body_text)
-            if timeout is not None:
-                run.timeout_seconds = int(timeout.value)
-        threading.Thread(
-            target=self._execute, args=(run, pending_s, internal, lose_after), name=f"run-{run_id}", daemon=True
-        ).start()
-        return {"run_id": run_id}
+            failed = self.faults.take(FAIL_POLL, json.dumps(run.task, sort_keys=True))
+        if failed is not None:
+            raise ApiError(*failed.value)
+        return self.run_json(run)
 
     def _find_run(self, run_id: Any) -> EmulatedRun:
         try:
@@ -299,6 +367,10 @@ class JobsApi:
                 cluster["state"] = "RUNNING"
         env = self._cluster_env()
         env.update(cluster_env)
+        if run.hold_s:
+            env["EMULATOR_HOLD_S"] = str(run.hold_s)
+        if run.fail_write:
+            env["EMULATOR_FAIL_FIRST_WRITE"] = run.fail_write
         if self.warm_existing_clusters and run.task.get("existing_cluster_id"):
             try:
                 gateway = self.cluster_gateway(run.cluster_id)
@@ -340,6 +412,10 @@ class JobsApi:
                 self._finish(run, "FAILED", message)
                 return
             time.sleep(0.1)
+        if code == 0 and run.fail_after_task:
+            run.error = run.fail_after_task
+            self._finish(run, "FAILED", run.fail_after_task, life_cycle="INTERNAL_ERROR")
+            return
         if code == 0:
             self._finish(run, "SUCCESS", "")
             return

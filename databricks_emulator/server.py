@@ -24,8 +24,21 @@ from databricks_emulator.clusters import (
     kill_process_group,
 )
 from databricks_emulator.dbfs import DbfsApi
-from databricks_emulator.errors import ApiError, bad
-from databricks_emulator.faults import FAIL_SUBMIT, INTERNAL_ERROR, LOSE_DRIVER, PENDING, TIMEOUT, Faults
+from databricks_emulator.errors import ApiError, DropConnection, bad
+from databricks_emulator.faults import (
+    DROP_SUBMIT,
+    FAIL_AFTER_TASK,
+    FAIL_POLL,
+    FAIL_SUBMIT,
+    FAIL_WRITE,
+    HOLD_RUNNING,
+    INTERNAL_ERROR,
+    LOSE_DRIVER,
+    LOSE_SUBMIT_ANSWER,
+    PENDING,
+    TIMEOUT,
+    Faults,
+)
 from databricks_emulator.runs import EmulatedRun, JobsApi
 
 
@@ -57,7 +70,8 @@ class DatabricksEmulator(DbfsApi, ClustersApi, JobsApi):
         self.faults = Faults()
         self.calls: list[tuple[str, str, int]] = []
         self.cancel_requests: list[int] = []
-        self.submitted: list[dict[str, Any]] = []
+        self.submitted: list[dict[str, Any]] = []  # bodies of the submits that created a run
+        self.submit_requests: list[dict[str, Any]] = []  # every runs/submit received: body, outcome, run_id
         self.permission_updates: list[tuple[str, str, dict[str, Any]]] = []
         self.runs: dict[int, EmulatedRun] = {}
         self.clusters: dict[str, dict[str, Any]] = {
@@ -140,12 +154,42 @@ class DatabricksEmulator(DbfsApi, ClustersApi, JobsApi):
         with self._lock:
             self.faults.queue(FAIL_SUBMIT, (status, error_code, message), match, count)
 
+    def drop_next_submits(self, count: int = 1, match: str | None = None) -> None:
+        """The next ``count`` submits get no answer at all: the connection is closed before the run
+        is created (the client sees "connection aborted")."""
+        with self._lock:
+            self.faults.queue(DROP_SUBMIT, None, match, count)
+
+    def lose_next_submit_answer(self, status: int | None = 503, match: str | None = None,
+                                error_code: str = "TEMPORARILY_UNAVAILABLE",
+                                message: str = "The service is temporarily unavailable (emulated).") -> None:
+        """The next submit creates and starts its run, then answers ``status`` (``None``: closes the
+        connection without an answer): the client does not learn the run id and retries the call."""
+        with self._lock:
+            self.faults.queue(LOSE_SUBMIT_ANSWER, None if status is None else (status, error_code, message), match)
+
+    def fail_next_polls(self, count: int = 1, status: int = 500, error_code: str = "INTERNAL_ERROR",
+                        message: str = "Internal error happened while getting the run (emulated).",
+                        match: str | None = None) -> None:
+        """The next ``count`` ``runs/get`` of a run whose task contains ``match`` answer this error."""
+        with self._lock:
+            self.faults.queue(FAIL_POLL, (status, error_code, message), match, count)
+
     def end_next_run_with_internal_error(
         self, message: str = "Run result unavailable: the cluster failed to start (emulated internal error).",
         match: str | None = None,
     ) -> None:
         with self._lock:
             self.faults.queue(INTERNAL_ERROR, message, match)
+
+    def end_next_run_with_internal_error_after_its_task(
+        self, message: str = "The cluster was lost while the run was terminating (emulated internal error).",
+        match: str | None = None,
+    ) -> None:
+        """The next run's task ends as it ends (its events and output written), then the run ends
+        with life_cycle_state INTERNAL_ERROR instead of its result."""
+        with self._lock:
+            self.faults.queue(FAIL_AFTER_TASK, message, match)
 
     def lose_driver_of_next_run(self, after_s: float = 1.0, match: str | None = None) -> None:
         """Kill the next run's driver process ``after_s`` seconds after it starts RUNNING."""
@@ -162,6 +206,22 @@ class DatabricksEmulator(DbfsApi, ClustersApi, JobsApi):
         with self._lock:
             self.faults.queue(PENDING, pending_s, match)
 
+    def hold_next_run(self, running_s: float, match: str | None = None) -> None:
+        """The next run's driver process starts (the run is RUNNING) and waits ``running_s`` seconds
+        before it runs the task (or until the run is cancelled, which kills it)."""
+        with self._lock:
+            self.faults.queue(HOLD_RUNNING, running_s, match)
+
+    def fail_first_write_of_next_run(
+        self, message: str = "Connection reset by peer while writing to cloud storage (emulated)",
+        match: str | None = None,
+    ) -> None:
+        """Inside the next run, the task's first Spark ``DataFrameWriter.save``/``saveAsTable`` raises
+        ``ConnectionResetError(message)``: the step's own code fails with a transient error; the run
+        itself ends as its code makes it end."""
+        with self._lock:
+            self.faults.queue(FAIL_WRITE, message, match)
+
     def delay_transitions(self, pending_s: float = 0.0, terminating_s: float = 0.0) -> None:
         """Every run stays PENDING ``pending_s`` and TERMINATING ``terminating_s`` seconds."""
         with self._lock:
@@ -177,6 +237,16 @@ class DatabricksEmulator(DbfsApi, ClustersApi, JobsApi):
         if not run.done_event.wait(timeout_s):
             raise TimeoutError(f"emulated run {run_id} still {run.life_cycle_state} after {timeout_s}s")
         return run
+
+    def runs_matching(self, text: str) -> list[EmulatedRun]:
+        """The runs (in submit order) whose task contains ``text``, e.g. a Dagster run id."""
+        with self._lock:
+            return [run for _, run in sorted(self.runs.items()) if text in json.dumps(run.task)]
+
+    def submit_requests_matching(self, text: str) -> list[dict[str, Any]]:
+        """Every runs/submit received whose body contains ``text`` (body, outcome, run_id)."""
+        with self._lock:
+            return [dict(r) for r in self.submit_requests if text in json.dumps(r["body"])]
 
     def wait_for_submit(self, count: int = 1, timeout_s: float = 120) -> list[int]:
         deadline = time.monotonic() + timeout_s
@@ -217,7 +287,7 @@ class DatabricksEmulator(DbfsApi, ClustersApi, JobsApi):
             if action == "runs/submit" and method == "POST":
                 return self.submit(body)
             if action == "runs/get" and method == "GET":
-                return self.run_json(self._find_run(body.get("run_id")))
+                return self.get_run(body)
             if action == "runs/get-output" and method == "GET":
                 return self.run_output(self._find_run(body.get("run_id")))
             if action == "runs/cancel" and method == "POST":
@@ -237,7 +307,20 @@ class DatabricksEmulator(DbfsApi, ClustersApi, JobsApi):
         if parts == ["emulator", "faults"] and method == "POST":
             match = body.get("match")
             if body.get("fail_next_submits"):
-                self.fail_next_submits(int(body["fail_next_submits"]), match=match)
+                self.fail_next_submits(int(body["fail_next_submits"]), status=int(body.get("status", 500)), match=match)
+            if body.get("drop_next_submits"):
+                self.drop_next_submits(int(body["drop_next_submits"]), match=match)
+            if "lose_next_submit_answer" in body:  # an HTTP status, or null: drop the connection
+                status = body["lose_next_submit_answer"]
+                self.lose_next_submit_answer(None if status is None else int(status), match=match)
+            if body.get("fail_next_polls"):
+                self.fail_next_polls(int(body["fail_next_polls"]), match=match)
+            if body.get("hold_next_run_s"):
+                self.hold_next_run(float(body["hold_next_run_s"]), match=match)
+            if body.get("fail_first_write_of_next_run"):
+                self.fail_first_write_of_next_run(match=match)
+            if body.get("internal_error_after_task_next"):
+                self.end_next_run_with_internal_error_after_its_task(match=match)
             for _ in range(int(body.get("internal_error_next", 0))):
                 self.end_next_run_with_internal_error(match=match)
             if body.get("lose_driver_next_after_s") is not None:
@@ -320,6 +403,11 @@ class _Handler(BaseHTTPRequestHandler):
             result = self.emulator.route(self.command, parsed.path, body)
         except ApiError as error:
             return self._send(error.status, {"error_code": error.error_code, "message": error.message})
+        except DropConnection:  # no answer at all: the client sees the connection closed
+            self.close_connection = True
+            with self.emulator._lock:
+                self.emulator.calls.append((self.command, parsed.path, 0))
+            return None
         except (ValueError, KeyError, TypeError) as error:
             return self._send(400, {"error_code": "MALFORMED_REQUEST", "message": f"Malformed request: {error}"})
         except Exception as error:  # noqa: BLE001 - answer like the service would

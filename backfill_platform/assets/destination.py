@@ -15,11 +15,13 @@ import dagster as dg
 from backfill_platform import checks, tags
 from backfill_platform.assets.destination_config import DestinationConfig
 from backfill_platform.assets.tables_schema import POSITION_COLUMNS, POSITION_DATE
-from backfill_platform.classification import classified_failures, retry_policy
+from backfill_platform.classification import classified_failures
 from backfill_platform.partitions import BusinessDays
+from backfill_platform.resources.spark import cancel_spark_jobs_on_termination
 from backfill_platform.resources.step_launcher import STEP_LAUNCHER_KEY
 from backfill_platform.resources.tables import DeltaLocation, DeltaTables
 from backfill_platform.resources.write_hooks import WRITE_HOOKS_KEY, WriteHooks
+from backfill_platform.retrying import RetrySchedule
 from backfill_platform.settings import Settings
 
 
@@ -31,7 +33,8 @@ def backfill_policy(settings: Settings) -> dg.BackfillPolicy:
 
 
 def build_destination_asset(settings: Settings, business_days: BusinessDays) -> dg.AssetsDefinition:
-    """``destination_data`` for one deployment: its partitions, backfill policy, retry policy and pool."""
+    """``destination_data`` for one deployment: its partitions, backfill policy, retries and pool."""
+    schedule = RetrySchedule.from_settings(settings.retries)
 
     @dg.asset(
         name=tags.DESTINATION.path[-1],
@@ -41,9 +44,7 @@ def build_destination_asset(settings: Settings, business_days: BusinessDays) -> 
         required_resource_keys={STEP_LAUNCHER_KEY, "pyspark", "tables", WRITE_HOOKS_KEY},
         kinds={"spark", "delta"},
         group_name="backfill",
-        retry_policy=retry_policy(
-            max_retries=settings.retries.step_max_retries, delay_seconds=settings.retries.step_retry_delay_seconds
-        ),
+        retry_policy=schedule.policy(),
         pool=settings.databricks.pool if settings.deployment == "databricks" else None,
         check_specs=checks.destination_check_specs(),
     )
@@ -51,10 +52,14 @@ def build_destination_asset(settings: Settings, business_days: BusinessDays) -> 
         """Copy the source rows of this run's business dates into the destination, replacing exactly
         those dates (``replaceWhere``) in one Delta commit.
 
-        Failures are classified (``classification.py``): transient ones are retried by the
-        ``RetryPolicy``, logic/data ones fail once with ``Failure(allow_retries=False)``.
+        Failures are classified (``classification.py``): transient and unknown ones are retried
+        (``retrying.RetrySchedule``: backoff, jitter that only adds), logic/data ones fail once with
+        ``Failure(allow_retries=False)``.
         """
-        with classified_failures(context.partition_keys):
+        with (
+            classified_failures(context.partition_keys, schedule, context.retry_number),
+            cancel_spark_jobs_on_termination(context.resources.pyspark, context.instance, context.run_id),
+        ):
             return _replace_dates(context, config, business_days)
 
     return destination_data

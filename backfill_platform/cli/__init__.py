@@ -3,6 +3,7 @@
 - ``backfill`` (backfill.py): the README's main job, a native Dagster backfill of destination_data;
 - ``plan`` / ``status`` (reports.py): a dry run of a backfill, and coverage and retry analytics;
 - ``restore`` (restore.py): roll the table back with Delta RESTORE;
+- ``repair`` (repair.py): re-execute failed runs from failure (a backfill's, or a date range's);
 - ``spark-server``: a warm local Spark Connect server that local runs share.
 
 Exit codes (common.py): 0 ok, 1 some partitions failed, 2 bad input or configuration, 3 nothing to
@@ -16,7 +17,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from backfill_platform.cli import backfill, reports, restore
+from backfill_platform.cli import backfill, repair, reports, restore
 from backfill_platform.cli.common import EXIT_USAGE, CommandContext, UsageError, say
 from backfill_platform.partitions import InvalidPartitionDateError
 from backfill_platform.settings import SettingsError
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     backfill.add_command(commands)
     restore.add_command(commands)
+    repair.add_command(commands)
     server = commands.add_parser(
         "spark-server",
         help="run a warm local Spark Connect server that local runs share (BACKFILL_SPARK_REMOTE)",

@@ -29,6 +29,7 @@ from backfill_platform.cli.common import (
     say,
 )
 from backfill_platform.cli.reports import add_selection_arguments, build_plan
+from backfill_platform.jobs import run_timeout_tags
 from backfill_platform.processes import KeepDaemon
 
 
@@ -135,7 +136,8 @@ def cmd_backfill(context: CommandContext, args: argparse.Namespace) -> int:
             return run_chunked_backfill(instance, plan, args, run_tags, run_config, started)
         backfill_id = backfills.launch_destination_backfill(
             instance, context.defs, keys, include_prerequisites=prerequisites,
-            title=f"backfill-platform {keys[0]}..{keys[-1]}", tags=run_tags, run_config=run_config,
+            title=f"backfill-platform {keys[0]}..{keys[-1]}", run_config=run_config,
+            tags={**run_timeout_tags(context.settings.retries), **run_tags},  # the job's own tags, too
         )
         say(f"Launched backfill {backfill_id} (open it in the UI: dagster dev, then Overview > Backfills)")
         try:

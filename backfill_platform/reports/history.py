@@ -279,6 +279,18 @@ class History:
         }
 
 
+def _tags_with_lineage(run: dg.DagsterRun) -> dict[str, str]:
+    """The run's tags, plus its re-execution lineage from the run itself: run retries and the UI's
+    re-execution write dagster/parent_run_id and root_run_id tags, but a re-execution through
+    ``dagster.execute_job(reexecution_options=...)`` only sets the run's fields."""
+    tags = dict(run.tags)
+    if run.parent_run_id:
+        tags.setdefault(PARENT_RUN_TAG, run.parent_run_id)
+    if run.root_run_id:
+        tags.setdefault(ROOT_RUN_TAG, run.root_run_id)
+    return tags
+
+
 def _is_retry(run: RunAttempt) -> bool:
     return any(key in run.tags for key in (RETRY_NUMBER_TAG, PARENT_RUN_TAG, platform_tags.RERUN_OF_RUN_ID))
 
@@ -316,7 +328,7 @@ def _as_datetime(value: float | None) -> dt.datetime | None:
 def _step_error(error) -> str:
     """The step's own error: a step that ran out of retries fails with Dagster's "Exceeded
     max_retries of N", caused by the last attempt's error, which is the one worth reporting."""
-    if error.cls_name == "RetryRequestedFromPolicy" and error.cause is not None:
+    if error.cls_name in ("RetryRequested", "RetryRequestedFromPolicy") and error.cause is not None:
         return f"{error.cause.message.strip()} (after {error.message.strip().removeprefix('Exceeded ')})"
     return error.message
 
@@ -380,7 +392,7 @@ def destination_runs(
                 end_time=_as_datetime(record.end_time),
                 error=error if run.status != dg.DagsterRunStatus.SUCCESS else None,
                 step_retries=step_retries,
-                tags=dict(run.tags),
+                tags=_tags_with_lineage(run),
                 url=run_url(ui_url, run.run_id),
             )
         )

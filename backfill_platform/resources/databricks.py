@@ -7,7 +7,10 @@ it with the step's pickled context to DBFS, submits a one-time run (``jobs/runs/
 step's Dagster events, stdout and stderr back from DBFS. On the cluster the same definitions load
 (the launcher ships the non-secret ``BACKFILL_*`` settings as the run's environment), ``pyspark`` is
 the cluster's own session (``getOrCreate``; Delta is built in) and tables are Unity Catalog names
-``catalog.schema.table``.
+``catalog.schema.table``. A failure Databricks causes is classified (``databricks_failures.py``) and
+retried under the step retry schedule (``retrying.py``), each attempt a new Databricks run submitted
+with its own idempotency token; the run's ``timeout_seconds`` derives from the one run timeout
+(:func:`databricks_timeouts`). See :class:`BackfillDatabricksStepLauncher`.
 
 Configuration comes only from environment variables (``settings.py``); the token and the OAuth
 client secret are read with ``dagster.EnvVar`` when the launcher starts and never enter run config,
@@ -23,6 +26,7 @@ the asset.
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import socket
 import tempfile
@@ -33,14 +37,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 import dagster as dg
-from dagster_databricks.databricks import DatabricksError as PollError
 from dagster_databricks.databricks_pyspark_step_launcher import DatabricksPySparkStepLauncher
 from databricks.sdk.errors import DatabricksError as SdkError
 
-from backfill_platform.resources.databricks_failures import DatabricksStepError, api_failure, run_failure
+from backfill_platform.resources.databricks_launcher import BackfillDatabricksStepLauncher
 from backfill_platform.resources.spark import DeltaSparkResource
 from backfill_platform.resources.step_launcher import STEP_LAUNCHER_KEY
 from backfill_platform.resources.tables import DeltaTables
+from backfill_platform.retrying import RetrySchedule
 from backfill_platform.settings import (
     DATABRICKS_CLIENT_SECRET_VAR,
     DATABRICKS_TOKEN_VAR,
@@ -182,6 +186,28 @@ def _libraries(value: str) -> list[dict[str, Any]]:
     return libraries
 
 
+def databricks_timeouts(run_timeout_seconds: float) -> tuple[int, int]:
+    """The Databricks run's ``timeout_seconds`` and the launcher's longest wait, for a run whose
+    maximum runtime is ``run_timeout_seconds`` (``BACKFILL_RUN_TIMEOUT_SECONDS``, the one timeout).
+
+    ``timeout_seconds`` is a little shorter, ``max(T - 60, 0.9 T)`` rounded down (at least 1): the
+    Databricks run ends ``TIMEDOUT`` (transient: retried) before run monitoring ends the Dagster run.
+    The launcher waits halfway between the two (at least 1 s more than ``timeout_seconds``), so it
+    sees the ``TIMEDOUT`` rather than giving up on a run Databricks still runs."""
+    timeout = max(1, math.floor(max(run_timeout_seconds - 60, 0.9 * run_timeout_seconds)))
+    return timeout, max(timeout + 1, math.floor((timeout + run_timeout_seconds) / 2))
+
+
+def cluster_environment(settings: Settings) -> dict[str, str]:
+    """The run's environment on the cluster: the non-secret settings of the assets, and the step
+    retry schedule, so that the asset's own ``RetryRequested`` on the cluster waits as it does here."""
+    return {
+        **remote_environment(settings),
+        "BACKFILL_STEP_MAX_RETRIES": str(settings.retries.step_max_retries),
+        "BACKFILL_STEP_RETRY_DELAY_SECONDS": repr(settings.retries.step_retry_delay_seconds),
+    }
+
+
 def launcher_config(settings: Settings) -> dict[str, Any]:
     """Keyword arguments of ``DatabricksPySparkStepLauncher`` from the settings, without secrets.
 
@@ -201,12 +227,12 @@ def launcher_config(settings: Settings) -> dict[str, Any]:
         raise DatabricksConfigError(
             f"BACKFILL_DATABRICKS_STAGING_PREFIX={prefix!r} must be an absolute DBFS path, e.g. /dagster_staging."
         )
-    max_wait = _positive_number("BACKFILL_DATABRICKS_MAX_WAIT_S", settings.databricks.max_wait_s, int)
+    timeout_seconds, max_wait = databricks_timeouts(settings.retries.run_timeout_seconds)
     run_config: dict[str, Any] = {
         "run_name": RUN_NAME,
         "cluster": _cluster_config(settings),
         "libraries": _libraries(settings.databricks.libraries),
-        "timeout_seconds": max_wait,
+        "timeout_seconds": timeout_seconds,
     }
     permissions: dict[str, Any] = {}
     groups = [g.strip() for g in settings.databricks.viewer_groups.split(",") if g.strip()]
@@ -217,7 +243,7 @@ def launcher_config(settings: Settings) -> dict[str, Any]:
         "permissions": permissions,
         "databricks_host": f"{parsed.scheme}://{parsed.netloc}",
         "secrets_to_env_variables": [],
-        "env_variables": remote_environment(settings),
+        "env_variables": cluster_environment(settings),
         "storage": {},
         "staging_prefix": prefix,
         "wait_for_logs": False,
@@ -324,7 +350,8 @@ def build_step_launcher(settings: Settings, package_path: str) -> DatabricksPySp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # superseded-by-Pipes warning: documented once in docs/databricks.md
         launcher = BackfillDatabricksStepLauncher(
-            **config, **credentials, local_pipeline_package_path=package_path
+            **config, **credentials, local_pipeline_package_path=package_path,
+            schedule=RetrySchedule.from_settings(settings.retries),
         )
     _check_workspace(launcher, settings, credential_var)
     return launcher
@@ -345,55 +372,7 @@ def databricks_step_launcher(settings: Settings) -> dg.ResourceDefinition:
         resource_fn=init,
         description=(
             "dagster_databricks.databricks_pyspark_step_launcher configured from BACKFILL_DATABRICKS_* "
-            "(token via EnvVar), with Databricks-side failures classified (databricks_failures.py, classification.py)."
+            "(token via EnvVar), with Databricks-side failures classified (databricks_failures.py, classification.py) "
+            "and retried by the step retry schedule (retrying.py)."
         ),
     )
-
-
-# ----------------------------------------------------------------------------- the launcher
-
-
-class BackfillDatabricksStepLauncher(DatabricksPySparkStepLauncher):
-    """dagster-databricks' launcher, unchanged except that Databricks-side failures raise a
-    classified :class:`DatabricksStepError` naming the run and its state."""
-
-    def launch_step(self, step_context):
-        try:
-            yield from super().launch_step(step_context)
-        except DatabricksStepError:
-            raise
-        except OSError as error:  # an SDK HTTP error, or connection refused / reset (no answer at all)
-            raise api_failure(error) from None
-
-    def step_events_iterator(self, step_context, step_key, databricks_run_id):
-        try:
-            yield from super().step_events_iterator(step_context, step_key, databricks_run_id)
-        except PollError as error:
-            raise self._run_failure(databricks_run_id, str(error)) from None
-
-    def _run_failure(self, databricks_run_id: int, poll_message: str) -> DatabricksStepError:
-        client = self.databricks_runner.client.workspace_client
-        try:
-            run = client.jobs.get_run(databricks_run_id)
-        except Exception:
-            return run_failure(databricks_run_id, None, None, poll_message)
-        state = run.state
-        detail = ""
-        if "took more than" in poll_message:
-            detail = poll_message + " (BACKFILL_DATABRICKS_MAX_WAIT_S)."
-        try:
-            task_run_id = run.tasks[0].run_id if run.tasks else databricks_run_id
-            output = client.jobs.get_run_output(task_run_id)
-            if output.error:
-                detail += f" Error: {output.error}"
-        except Exception:
-            pass
-        return run_failure(
-            databricks_run_id,
-            state.life_cycle_state.value if state and state.life_cycle_state else None,
-            state.result_state.value if state and state.result_state else None,
-            state.state_message if state else poll_message,
-            run_page_url=run.run_page_url,
-            detail=detail.strip(),
-        )
-

@@ -2,8 +2,10 @@
 
 The launcher (``resources/databricks.py``) raises one of these (they are ``dagster.Failure``
 subclasses, so the step's failure event carries their metadata) when Databricks itself fails the
-step: the run could not be submitted, ended in ``INTERNAL_ERROR``, lost its driver, timed out or was
-cancelled. A failure *inside* the step (the asset raised) is not one of these: it comes back as the
+step: the run could not be submitted or followed, ended in ``INTERNAL_ERROR``, lost its driver,
+timed out or was cancelled. It raises them through the step retry schedule
+(``retrying.RetrySchedule.raise_for``): as the cause of a ``RetryRequested`` when ``allow_retries``,
+as themselves otherwise. A failure *inside* the step (the asset raised) is not one of these: it comes back as the
 remote step's own failure event, classified by the asset's ``classified_failures``.
 
 The class is the project's one vocabulary (``FailureClass``, metadata ``FAILURE_CLASS_KEY``), from
@@ -101,18 +103,23 @@ def run_failure(
     state_message: str | None,
     run_page_url: str | None = None,
     detail: str = "",
+    waited_too_long: bool = False,
 ) -> DatabricksStepError:
-    """The exception for a Databricks run that ended without success."""
+    """The exception for a Databricks run that ended without success (``waited_too_long``: the
+    launcher stopped waiting for a run that had not ended; classified as a timeout)."""
     message = (
         f"Databricks run {databricks_run_id} ended in life_cycle_state={life_cycle_state}, "
-        f"result_state={result_state}: {state_message or 'no state message'}."
+        f"result_state={result_state}: {(state_message or 'no state message').rstrip('.')}."
     )
     if run_page_url:
         message += f" Run page: {run_page_url}."
     if detail:
         message += f" {detail}"
+    classification = run_state_classification(life_cycle_state, result_state, state_message)
+    if waited_too_long:
+        classification = classify(TimeoutError(detail or message))
     return step_error(
-        run_state_classification(life_cycle_state, result_state, state_message),
+        classification,
         message,
         databricks_run_id=databricks_run_id,
         life_cycle_state=life_cycle_state,
@@ -122,14 +129,20 @@ def run_failure(
     )
 
 
-def api_failure(error: BaseException) -> DatabricksStepError:
-    """The exception for a failed Databricks REST call: an HTTP error, or no answer at all."""
+def api_failure(
+    error: BaseException, databricks_run_id: int | None = None, run_page_url: str | None = None
+) -> DatabricksStepError:
+    """The exception for a failed Databricks REST call: an HTTP error, or no answer at all; with the
+    run it was about when the call failed while following a submitted run."""
     status = http_status(error)
+    run = f" while following Databricks run {databricks_run_id}" if databricks_run_id is not None else ""
     if status is None and not any(cls.__name__ == "DatabricksError" for cls in type(error).__mro__):
-        message = f"Lost contact with the Databricks workspace ({error.__class__.__name__}: {error})."
+        message = f"Lost contact with the Databricks workspace{run} ({error.__class__.__name__}: {error})."
     else:
         message = (
-            f"Databricks API call failed before the run finished (HTTP {status or '?'} "
+            f"Databricks API call failed{run or ' before the run finished'} (HTTP {status or '?'} "
             f"{error.__class__.__name__}: {error}). No Databricks run result is available."
         )
-    return step_error(classify(error), message)
+    if run_page_url:
+        message += f" Run page: {run_page_url}."
+    return step_error(classify(error), message, databricks_run_id=databricks_run_id, run_page_url=run_page_url)

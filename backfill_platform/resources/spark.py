@@ -14,7 +14,9 @@ import fcntl
 import importlib.metadata
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,11 @@ class DeltaSparkResource(LazyPySparkResource):
     # an embedded JVM in this process.
     remote: str = ""
 
+    @property
+    def started_session(self) -> Any:
+        """The session if this resource started one, else None (never starts one)."""
+        return self._spark_session
+
     def _init_session(self) -> None:
         # LazyPySparkResource's hook: called on the first read of spark_session / spark_context.
         if self._spark_session is None:
@@ -177,13 +184,80 @@ def start_spark_session(spark_config: dict[str, Any], log_level: str = "ERROR") 
     for key, value in spark_config.items():
         builder = builder.config(key, value)
     try:
-        with _jar_resolution_lock(spark_config):
+        with _jar_resolution_lock(spark_config), _keeping_the_interrupt_handler():
             session = builder.getOrCreate()
     except (PySparkRuntimeError, FileNotFoundError, RuntimeError) as error:
         raise SparkStartError(explain_start_failure(spark_config, error)) from error
     session.sparkContext.setLogLevel(log_level)
     _mark_jar_cache_complete(spark_config)
     return session
+
+
+# --- UPSTREAM WORKAROUND (pyspark 4.2 + Dagster 1.13): Cancel must stop a running local run -------
+# 1. A new SparkContext replaces the process's SIGINT handler with one that calls cancelAllJobs() on
+#    the main thread's py4j connection, then raises KeyboardInterrupt. Dagster terminates a run by
+#    sending its worker SIGINT; with pyspark's handler the py4j call fails ("reentrant call") and runs
+#    went on to SUCCESS 30-80 s after Cancel. Fix: keep the handler Dagster installed.
+# 2. While the main thread waits for the JVM (a Spark job), the signal does not interrupt it: Python
+#    runs signal handlers in the main thread only, between bytecodes. Fix: a watcher thread polls the
+#    run's status; when the run is CANCELING (Terminate, a run timeout), it cancels the Spark jobs on
+#    its own py4j connection, the main thread's call returns and Dagster's interruption proceeds.
+
+
+@contextlib.contextmanager
+def _keeping_the_interrupt_handler() -> Iterator[None]:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    try:
+        yield
+    finally:
+        if in_main_thread and handler is not None:
+            signal.signal(signal.SIGINT, handler)
+
+
+@contextlib.contextmanager
+def cancel_spark_jobs_on_termination(pyspark: Any, instance: Any, run_id: str, poll_s: float = 1.0) -> Iterator[None]:
+    """Run a step's Spark work; when the run is being terminated (Cancel, a run timeout), cancel the
+    Spark jobs of ``pyspark``'s session (if it started), so the step stops and nothing commits."""
+    import dagster as dg
+
+    stop = threading.Event()
+    terminating = (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
+
+    def watch() -> None:
+        while not stop.wait(poll_s):
+            try:
+                run = instance.get_run_by_id(run_id)
+            except Exception:  # storage busy: look again next time
+                continue
+            if run is not None and run.status in terminating:
+                _cancel_all_jobs(getattr(pyspark, "started_session", None))
+                return
+
+    watcher = threading.Thread(target=watch, name="cancel-spark-on-termination", daemon=True)
+    watcher.start()
+    try:
+        yield
+    except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt):
+        _cancel_all_jobs(getattr(pyspark, "started_session", None))
+        raise
+    finally:
+        stop.set()
+
+
+def _cancel_all_jobs(spark: Any) -> None:
+    if spark is None:
+        return
+    try:
+        if type(spark).__module__.startswith("pyspark.sql.connect"):  # Spark Connect: its operations
+            spark.interruptAll()
+        else:
+            spark.sparkContext.cancelAllJobs()
+    except Exception:  # the JVM may already be going down with the process
+        pass
+
+
+# ------------------------------------------------------------------------------------------------
 
 
 def start_remote_session(remote: str) -> Any:

@@ -7,22 +7,24 @@ captured output, instance storage or files the emulator received.
 
 from __future__ import annotations
 
-import json
+import os
 import secrets
-import subprocess
-import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import dagster as dg
 import pytest
 
-from backfill_platform.processes import DaemonProcess
-from backfill_platform.settings import PROJECT_ROOT, Settings
+from backfill_platform import dagster_internals, tags
+from backfill_platform.processes import WORKSPACE_YAML, DaemonProcess
+from backfill_platform.settings import Settings
 from backfill_platform_tests.conftest import make_dagster_home
 from databricks_emulator import DEFAULT_CLUSTER_ID, DatabricksEmulator
 
 CANARY_TOKEN = "dapi-canary-" + secrets.token_hex(12)
+RUN_TIMEOUT_S = 600  # BACKFILL_RUN_TIMEOUT_SECONDS of the deployment: Databricks runs get timeout_seconds=540
+STEP_MAX_RETRIES = 2  # BACKFILL_STEP_MAX_RETRIES of the deployment
 OAUTH_CLIENT = ("emulated-sp", "oauth-canary-" + secrets.token_hex(8))
 CATALOG, SCHEMA = "demos", "backfill_demo"
 
@@ -42,7 +44,9 @@ def databricks_environment(emulator: DatabricksEmulator, **overrides: str) -> di
         "BACKFILL_DATABRICKS_TOKEN": CANARY_TOKEN,
         "BACKFILL_DATABRICKS_CLUSTER_ID": DEFAULT_CLUSTER_ID,
         "BACKFILL_DATABRICKS_POLL_INTERVAL_S": "0.5",
-        "BACKFILL_DATABRICKS_MAX_WAIT_S": "600",
+        "BACKFILL_RUN_TIMEOUT_SECONDS": str(RUN_TIMEOUT_S),
+        "BACKFILL_STEP_MAX_RETRIES": str(STEP_MAX_RETRIES),
+        "BACKFILL_STEP_RETRY_DELAY_SECONDS": "0.2",
         "BACKFILL_CATALOG": CATALOG,
         "BACKFILL_SCHEMA": SCHEMA,
     }
@@ -63,26 +67,22 @@ class DatabricksDeployment:
         if self.daemon.process is None:
             self.daemon.start()
 
-    def launch_runs(self, partition_by_run_id: dict[str, str]) -> None:
-        """Submit runs of destination_data_job to the instance's run queue (as the UI's launchpad
-        does), one per (run id, partition key), all at once."""
-        self.ensure_daemon()
-        # The definitions' executor is in-process: the step runs in the run worker.
-        launches = [
-            subprocess.Popen(
-                [sys.executable, "-m", "dagster", "job", "launch", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-                 "-j", "destination_data_job", "--run-id", run_id,
-                 "--tags", json.dumps({"dagster/partition": partition_key})],
-                cwd=PROJECT_ROOT, env={**_base_env(), **self.env}, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True,
-            )
-            for run_id, partition_key in partition_by_run_id.items()
-        ]
-        for launch in launches:
-            output, _ = launch.communicate(timeout=300)
-            assert launch.returncode == 0, output
+    def submit_runs(self, partition_by_name: dict[str, str]) -> dict[str, str]:
+        """Submit one run of destination_data_job per name, for its partition key, to the instance's
+        run queue (as ``dagster job launch`` and the UI's launchpad do), with the daemon stopped: no
+        run starts before :meth:`start_daemon`, so faults can be armed by run id first. One
+        workspace load for all of them, in this process's code server with the deployment's env."""
+        self.daemon.stop()
+        with mock.patch.dict(os.environ, self.env, clear=True), \
+                dagster_internals.project_workspace(self.instance, WORKSPACE_YAML) as workspace:
+            submitter = dagster_internals.JobSubmitter(self.instance, workspace, tags.DESTINATION_JOB)
+            return {name: submitter.submit(None, {tags.PARTITION: key}) for name, key in partition_by_name.items()}
 
-    def wait_for_run(self, run_id: str, timeout_s: float = 300) -> dg.DagsterRun:
+    def start_daemon(self) -> None:
+        self.daemon.stop()
+        self.daemon.start()
+
+    def wait_for_run(self, run_id: str, timeout_s: float = 900) -> dg.DagsterRun:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             run = self.instance.get_run_by_id(run_id)
@@ -115,6 +115,11 @@ class DatabricksDeployment:
             lines.append(error.to_string() if error else "")
         return "\n".join(lines)
 
+    def step_retries(self, run_id: str) -> list:
+        """The STEP_UP_FOR_RETRY events of a run, oldest first (their ``step_retry_data``)."""
+        events = self.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
+        return [event.dagster_event.event_specific_data for event in events]
+
     def step_failure(self, run_id: str):
         events = self.instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_FAILURE)
         assert events, f"no step failure in run {run_id}: {self.messages(run_id)[-10:]}"
@@ -126,17 +131,20 @@ class DatabricksDeployment:
 
 
 def _base_env() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith("BACKFILL_")}
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, emulator):
     home = make_dagster_home(tmp_path_factory.mktemp("dagster_home_databricks"))
-    # The fault tests run five runs at once (none holds a Spark session on this host).
+    # The fault scenarios run all at once (none holds a Spark session on this host; each run worker
+    # mostly waits on the emulator): no cap from the run queue or the Databricks pool.
     config = (home / "dagster.yaml").read_text()
-    (home / "dagster.yaml").write_text(config.replace("max_concurrent_runs: 2", "max_concurrent_runs: 6"))
+    assert "max_concurrent_runs: 2" in config and "default_limit: 4" in config
+    config = config.replace("max_concurrent_runs: 2", "max_concurrent_runs: 24").replace(
+        "default_limit: 4", "default_limit: 24"
+    ).replace("dequeue_interval_seconds: 1", "dequeue_interval_seconds: 1\n    dequeue_use_threads: true")
+    (home / "dagster.yaml").write_text(config)
     data_dir = tmp_path_factory.mktemp("host_data")
     env = {**_base_env(), **databricks_environment(emulator), "BACKFILL_DATA_DIR": str(data_dir)}
     deployment = DatabricksDeployment(home, env)

@@ -158,3 +158,50 @@ def test_bad_configuration_fails_the_first_step_without_touching_spark(emulator,
         r.message or "" for r in instance.all_logs(result.run_id)
     )
     assert "BACKFILL_DATABRICKS_HOST is not set" in text
+
+
+def test_one_timeout_the_databricks_run_times_out_before_the_dagster_run(emulator):
+    """BACKFILL_RUN_TIMEOUT_SECONDS is the run's maximum runtime; the Databricks run's timeout_seconds
+    is a little shorter (so Databricks reports TIMEDOUT, a transient failure, first) and the launcher
+    waits a little longer than that. BACKFILL_DATABRICKS_MAX_WAIT_S is gone."""
+    from backfill_platform.resources.databricks import databricks_timeouts, launcher_config
+
+    assert databricks_timeouts(1800) == (1740, 1770)
+    assert databricks_timeouts(600) == (540, 570)
+    assert databricks_timeouts(100) == (90, 95)
+    assert databricks_timeouts(1) == (1, 2)
+    for run_timeout in (1, 7.5, 59, 60, 61, 599, 1800, 86400):
+        timeout, wait = databricks_timeouts(run_timeout)
+        assert 1 <= timeout < wait and (timeout < run_timeout or run_timeout <= 1)
+    default = launcher_config(Settings.from_env(databricks_environment(
+        emulator, BACKFILL_RUN_TIMEOUT_SECONDS=None, BACKFILL_DATABRICKS_MAX_WAIT_S="5"
+    )))
+    assert default["run_config"]["timeout_seconds"] == 1740
+    assert default["max_completion_wait_time_seconds"] == 1770
+
+
+def test_the_cluster_gets_the_deployments_step_retry_schedule(emulator):
+    """The asset on the cluster raises its own RetryRequested with the same schedule as here."""
+    from backfill_platform.resources.databricks import launcher_config
+
+    config = launcher_config(Settings.from_env(databricks_environment(
+        emulator, BACKFILL_STEP_MAX_RETRIES="5", BACKFILL_STEP_RETRY_DELAY_SECONDS="0.5"
+    )))
+    remote = config["env_variables"]
+    assert (remote["BACKFILL_STEP_MAX_RETRIES"], remote["BACKFILL_STEP_RETRY_DELAY_SECONDS"]) == ("5", "0.5")
+    assert not any(name in remote for name in SECRETS)
+
+
+def test_a_run_the_launcher_stopped_waiting_for_is_a_transient_timeout():
+    """The launcher's own wait (a little longer than the run's timeout_seconds) ran out: the run is
+    cancelled and the step retried, like a TIMEDOUT run."""
+    from backfill_platform.classification import TRANSIENT
+    from backfill_platform.resources.databricks_failures import run_failure
+
+    still_running = run_failure(7, "RUNNING", None, "In run")
+    waited = run_failure(
+        7, "RUNNING", None, "In run", detail="Run `7` took more than 570s to complete.", waited_too_long=True
+    )
+    assert still_running.allow_retries is False  # a run that simply "failed" for no known reason: logic
+    assert waited.allow_retries is True and waited.classification == TRANSIENT
+    assert "took more than 570s" in waited.description

@@ -115,3 +115,79 @@ def test_timeout_seconds_and_cancel_end_a_running_run(client, emulator):
     assert client.jobs.get_run(cancelled).state.result_state.value == "CANCELED"
     assert cancelled in emulator.cancel_requests
     assert emulator.runs[cancelled].process.poll() is not None  # the driver process is gone
+
+
+# ----------------------------------------------------------------------------- idempotency and faults
+
+
+def _submit(client, name: str, token: str | None = None) -> int:
+    """Submit a run whose file does not exist (it fails at once, no driver) and whose task names ``name``."""
+    task = {"task_key": "t", "existing_cluster_id": DEFAULT_CLUSTER_ID,
+            "spark_python_task": {"python_file": f"dbfs:/s/{name}.py"}}
+    return client.jobs.submit(
+        run_name=name, idempotency_token=token, tasks=[jobs.SubmitTask.from_dict(task)]
+    ).bind()["run_id"]
+
+
+def test_an_idempotency_token_returns_the_run_it_created(client, emulator):
+    first = _submit(client, "idem-a", token="token-a")
+    emulator.wait_for_run(first, timeout_s=30)
+    assert _submit(client, "idem-a", token="token-a") == first  # whatever state it is in: no second run
+    assert _submit(client, "idem-a", token="token-b") != first
+    assert _submit(client, "idem-a") not in (first,)
+    assert len(emulator.runs_matching("idem-a")) == 3
+    assert [r["outcome"] for r in emulator.submit_requests_matching("idem-a")] == [
+        "created", "existing run", "created", "created"
+    ]
+    with pytest.raises(errors.InvalidParameterValue, match="at most 64 characters"):
+        _submit(client, "idem-a", token="x" * 65)
+
+
+@pytest.mark.parametrize("status", [503, None], ids=["answered-503", "connection-dropped"])
+def test_a_lost_submit_answer_is_retried_by_the_sdk_and_only_the_token_keeps_one_run(client, emulator, status):
+    """runs/submit creates the run, then the answer is lost: databricks-sdk sends the same request
+    again. Without a token that starts a second run (two writers); with one it returns the first."""
+    lost = "answered 503" if status else "connection dropped"
+    for token, outcomes in ((None, [f"created, {lost}", "created"]),
+                            (f"token-lost-{status}", [f"created, {lost}", "existing run"])):
+        name = f"lost-{status}-{token is not None}"
+        emulator.lose_next_submit_answer(status, match=name)
+        run_id = _submit(client, name, token)
+        assert [r["outcome"] for r in emulator.submit_requests_matching(name)] == outcomes
+        runs = emulator.runs_matching(name)
+        assert len(runs) == (2 if token is None else 1)
+        assert run_id == runs[-1].run_id
+
+
+@pytest.mark.parametrize("status, error_code, retried", [
+    (429, "REQUEST_LIMIT_EXCEEDED", True),
+    (503, "TEMPORARILY_UNAVAILABLE", True),
+    (None, None, True),  # no answer at all (connection closed)
+    (500, "INTERNAL_ERROR", False),
+    (400, "INVALID_PARAMETER_VALUE", False),
+], ids=["429", "503", "no-answer", "500", "400"])
+def test_which_refused_submits_databricks_sdk_repeats_itself(client, emulator, status, error_code, retried):
+    """What the step launcher gets to see: databricks-sdk repeats a call answered 429 or 503 or not
+    answered at all (its own retry, the same request); 500 and 4xx reach the caller at once."""
+    name = f"refused-{status}"
+    if status is None:
+        emulator.drop_next_submits(1, match=name)
+    else:
+        emulator.fail_next_submits(1, status=status, error_code=error_code, match=name)
+    if retried:
+        _submit(client, name, token=name)
+        assert [r["outcome"] for r in emulator.submit_requests_matching(name)] == [
+            "dropped" if status is None else f"refused {status}", "created"
+        ]
+    else:
+        with pytest.raises(errors.DatabricksError):
+            _submit(client, name, token=name)
+        assert [r["outcome"] for r in emulator.submit_requests_matching(name)] == [f"refused {status}"]
+
+
+def test_a_poll_fault_answers_one_runs_get_of_the_matching_run(client, emulator):
+    run_id = _submit(client, "poll-fault")
+    emulator.fail_next_polls(1, status=500, match="poll-fault")
+    with pytest.raises(errors.InternalError):
+        client.jobs.get_run(run_id)
+    assert client.jobs.get_run(run_id).run_id == run_id

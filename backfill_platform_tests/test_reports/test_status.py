@@ -4,18 +4,19 @@ The history (July 2024, 4 source rows per day) is made of real runs on the share
 
 - run A: 07-01..07-03 in one range run, succeeds;
 - run B: 07-05 fails on real bad data (a NULL id: expectation id_not_null, policy fail); the source
-  is repaired and run C (tagged as Dagster's run retry of B: dagster/parent_run_id, root_run_id,
-  retry_number=1) succeeds -> 07-05 "succeeded only after retries";
+  is repaired and run C, Dagster's re-execution of B from failure (``ReexecutionOptions.from_failure``:
+  Dagster records B as its parent and root run), succeeds -> 07-05 "succeeded only after retries";
 - run D: 07-08 fails (NULL id); run E (tagged as the rerun sensor's rerun of D) fails again, and the
   sensor's give-up tag is put on E (as the sensor does) -> a give-up;
 - 07-09 and 07-10 are submitted by the chunked launcher to the instance's run queue (chunk size 1,
   newest first) with no daemon running, so they stay queued -> in flight;
 - 07-11, 07-12 never ran -> missing; 07-04 (Independence Day) and the weekend are not business days.
 
-The retry lineage here is written by the test (a small, fast history for every output format). The
-same report over lineage that Dagster's step retries, a killed run and the rerun sensor produced
-with a real daemon is asserted in ``test_sensors/test_retry_acceptance.py``
-(``test_status_reports_the_history_the_daemon_and_the_sensor_made``).
+Run E's rerun and give-up tags are written by the test, as the rerun sensor writes them (a small,
+fast history for every output format). The same report over lineage that Dagster's step retries,
+run retries, killed and timed-out runs and the real rerun sensor produced with a real daemon is
+asserted in ``test_sensors/test_retry_acceptance.py`` (``test_status_reports_the_history_the_daemon_
+and_the_sensor_made``, ``test_status_counts_run_retries_from_the_lineage_dagster_wrote``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ def environment(**values: str):
                 os.environ[key] = value
 
 
+def destination_job():
+    """destination_data_job of this process's settings (the fixture's BACKFILL_DATA_DIR)."""
+    from backfill_platform.definitions import build_defs
+    from backfill_platform.settings import load_settings
+
+    return build_defs(load_settings()).resolve_job_def(tags.DESTINATION_JOB)
+
+
 def _materialize(resources, instance, tags_, **kwargs):
     return dg.materialize(
         [destination_data, source_data], selection=[destination_data], resources=resources,
@@ -87,15 +96,16 @@ def history_home(tmp_path_factory, spark):
             {"dagster/asset_partition_range_start": "2024-07-01", "dagster/asset_partition_range_end": "2024-07-03"},
         )
         assert a.success
-        b = _materialize(resources, instance, {}, partition_key="2024-07-05")
+        job = dg.reconstructable(destination_job)  # re-execution needs a job Dagster can rebuild
+        b = dg.execute_job(job, instance, tags={tags.PARTITION: "2024-07-05"}, raise_on_error=False)
         assert not b.success
         tables.source.delta_table(spark).delete("position_date = DATE'2024-07-05' AND id IS NULL")
-        c = _materialize(
-            resources, instance,
-            {"dagster/parent_run_id": b.run_id, "dagster/root_run_id": b.run_id, "dagster/retry_number": "1"},
-            partition_key="2024-07-05",
+        c = dg.execute_job(  # execute_job does not copy the parent's tags itself (the daemon's re-execution does)
+            job, instance, tags=b.dagster_run.tags,
+            reexecution_options=dg.ReexecutionOptions.from_failure(b.run_id, instance),
         )
         assert c.success
+        assert c.dagster_run.parent_run_id == b.run_id == c.dagster_run.root_run_id  # written by Dagster
         d = _materialize(resources, instance, {}, partition_key="2024-07-08")
         assert not d.success
         e = _materialize(

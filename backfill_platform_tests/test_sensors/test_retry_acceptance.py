@@ -9,11 +9,14 @@ part: each starts a JVM), then each test checks its own scenario:
 - ``S1`` 20 business days of February 2024 (chunks of 10), 6 of them (30%) failing transiently 1-2
   times, plus ``S2`` an overlapping backfill of 10 of those days launched at the same moment;
 - ``S3`` a 3-day chunk where 2024-03-06 has a logic error and 2024-03-08 fails transiently forever;
-- ``S4`` 2024-03-12: the step worker is SIGKILLed during the Delta write;
-
-The run-timeout path (fault ``hang``: run monitoring ends the run at ``dagster/max_runtime``, run
-retries retry it) is not in this module: on the loaded shared machine one extra JVM run per
-scenario costs minutes; it was exercised by hand (see the issue note).
+- ``S4`` 2024-03-12: the step worker is SIGKILLed during the Delta write, run retries off for that
+  backfill (``dagster/max_retries=0``): the rerun sensor completes the date;
+- ``S5`` 2024-03-14: the step hangs; run monitoring ends the run at its maximum runtime (a short
+  ``dagster/max_runtime`` here), Dagster's run retry re-executes it from failure and it succeeds;
+- ``S6`` 2024-03-19: the run worker is SIGKILLed with run retries on: Dagster's run retry re-executes
+  it from failure and it succeeds;
+- ``S7`` (after the others settled) Cancel of a run whose Spark write is running, and of a backfill
+  with running and queued runs: the runs end CANCELED and nothing is written.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from backfill_platform import backfills, tags
+from backfill_platform import backfills, dagster_internals, tags
 from backfill_platform.assets.source import source_data
 from backfill_platform.definitions import build_defs
 from backfill_platform.partitions import BusinessDays
@@ -53,11 +56,17 @@ OVERLAP = BUSINESS_DAYS.between("2024-02-12", "2024-02-26")  # 10 of them, acros
 TRANSIENT = {"2024-02-02": 1, "2024-02-07": 2, "2024-02-13": 1, "2024-02-15": 2, "2024-02-22": 1, "2024-02-28": 2}
 CHUNK = BUSINESS_DAYS.between("2024-03-06", "2024-03-08")
 LOGIC_DAY, HOPELESS_DAY, KILL_DAY, HANG_DAY = "2024-03-06", "2024-03-08", "2024-03-12", "2024-03-14"
+RETRY_KILL_DAY = "2024-03-19"
+CANCEL_DAY, CANCEL_BACKFILL_DAYS = "2024-03-21", ["2024-03-25", "2024-03-27", "2024-03-29"]
+SLOW_S = 120  # seconds per row of the slow days' write: far longer than a Cancel may take
+HANG_MAX_RUNTIME_S = 90  # the hung run's dagster/max_runtime: run monitoring ends it after this
 ROWS_PER_DATE = 5
 STEP_RETRIES, RERUN_MAX_ATTEMPTS, MAX_RUNTIME = 3, 2, 300
 FAULTS = ",".join(
     [f"{day}=transient:{n}" for day, n in TRANSIENT.items()]
     + [f"{LOGIC_DAY}=logic", f"{HOPELESS_DAY}=transient:99", f"{KILL_DAY}=kill:1", f"{HANG_DAY}=hang:1"]
+    + [f"{RETRY_KILL_DAY}=kill:1"]
+    + [f"{day}=slow:{SLOW_S}" for day in [CANCEL_DAY, *CANCEL_BACKFILL_DAYS]]
 )
 
 
@@ -153,10 +162,14 @@ def deployment(tmp_path_factory, spark):
             "chunk": backfills.launch_destination_backfill(instance, defs, CHUNK, title="S3"),
             "kill": backfills.launch_destination_backfill(
                 instance, defs, [KILL_DAY], title="S4", tags={"dagster/max_retries": "0"}),
+            "hang": backfills.launch_destination_backfill(
+                instance, defs, [HANG_DAY], title="S5", tags={tags.MAX_RUNTIME: str(HANG_MAX_RUNTIME_S)}),
+            "retry_kill": backfills.launch_destination_backfill(instance, defs, [RETRY_KILL_DAY], title="S6"),
         }
         state = _wait_until_settled(instance, smtp_sink, timeout_s=2100)
         state.update(
             instance=instance, settings=settings, resources=resources, backfills=launched, smtp=smtp_sink, env=env,
+            defs=defs,
             webhook=WebhookSink.received, wall_s=time.monotonic() - started,
         )
         yield state
@@ -176,7 +189,7 @@ def _wait_until_settled(instance, smtp_sink, timeout_s: float) -> dict:
     """Until every date that can land has landed, the hopeless date was given up, both alerts
     arrived, nothing is queued or running, and two more sensor ticks found nothing to do."""
     deadline = time.monotonic() + timeout_s
-    expected = set(FEBRUARY) | set(CHUNK) - {LOGIC_DAY, HOPELESS_DAY} | {KILL_DAY}
+    expected = set(FEBRUARY) | set(CHUNK) - {LOGIC_DAY, HOPELESS_DAY} | {KILL_DAY, HANG_DAY, RETRY_KILL_DAY}
     quiet_since = None
     while time.monotonic() < deadline:
         busy = instance.get_runs(filters=dg.RunsFilter(statuses=[
@@ -397,6 +410,172 @@ def test_killed_worker_leaves_no_partial_data_and_the_sensor_completes_the_date(
         f"sensor rerun {rerun.dagster_run.run_id[:8]} (attempt 1): SUCCESS",
         f"rows of {KILL_DAY} in each of the {len(counts)} table versions: "
         f"{sorted(set(counts.values()))} (never partial)",
+    ])
+
+
+def _run_chain(instance, day: str) -> list[dg.DagsterRun]:
+    records = (r for r in _destination_runs(instance) if _dates(r.dagster_run) == [day])
+    return [r.dagster_run for r in sorted(records, key=lambda r: r.create_timestamp)]
+
+
+def _worker_pid(instance, run_id: str) -> int:
+    """The run worker's pid, from Dagster's own "Started process for run (pid: N)" event."""
+    for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        if event.message and event.message.startswith("Started process for run (pid: "):
+            return int(event.message.split("pid: ")[1].split(")")[0])
+    raise AssertionError(f"no process start event for run {run_id}")
+
+
+def _alive_with_parent(pid: int) -> list[int]:
+    """``pid`` if it still runs, and its children (a Spark JVM, Python workers) if any survive it."""
+    alive = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            lines = (proc / "status").read_text().splitlines()
+        except OSError:
+            continue
+        status = dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+        if int(proc.name) == pid or int(status.get("PPid", "0")) == pid:
+            alive.append(int(proc.name))
+    return alive
+
+
+def _assert_run_retry_chain(instance, spark, settings, day: str) -> tuple[dg.DagsterRun, dg.DagsterRun]:
+    chain = _run_chain(instance, day)
+    assert [run.status for run in chain] == [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.SUCCESS], chain
+    first, retry = chain
+    # Dagster's run retry (the daemon) re-executed it from failure and wrote the lineage itself
+    assert retry.tags[tags.PARENT_RUN_ID] == first.run_id and retry.tags[tags.ROOT_RUN_ID] == first.run_id
+    assert retry.tags[tags.RETRY_NUMBER] == "1" and first.tags.get(tags.WILL_RETRY) == "true"
+    assert tags.RERUN_OF_RUN_ID not in retry.tags  # not the rerun sensor
+    assert _alive_with_parent(_worker_pid(instance, first.run_id)) == []  # no worker left behind
+    dest, src = _table_rows(spark, settings, [day])
+    assert sorted(map(tuple, dest.collect())) == sorted(map(tuple, src.collect())) and dest.count() == ROWS_PER_DATE
+    return first, retry
+
+
+def test_hung_step_is_ended_at_its_maximum_runtime_and_the_run_retry_succeeds(deployment, spark):
+    """Issue 10: a hung local step is ended at the run's maximum runtime, Dagster's run retry
+    re-executes it from failure and it succeeds; no worker process is left behind."""
+    instance, settings = deployment["instance"], deployment["settings"]
+    first, retry = _assert_run_retry_chain(instance, spark, settings, HANG_DAY)
+    assert first.tags[tags.MAX_RUNTIME] == str(HANG_MAX_RUNTIME_S) == retry.tags[tags.MAX_RUNTIME]
+    failures = instance.all_logs(first.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    failure = " ".join(e.message or "" for e in failures)
+    assert f"Exceeded maximum runtime of {HANG_MAX_RUNTIME_S} seconds" in failure, failure
+    record = instance.get_run_record_by_id(first.run_id)
+    ran_s = record.end_time - record.start_time
+    assert HANG_MAX_RUNTIME_S <= ran_s < HANG_MAX_RUNTIME_S + 60, ran_s
+    _report("S5 hang -> max runtime -> run retry", [
+        f"hung run {first.run_id[:8]}: FAILURE after {ran_s:.1f} s ({failure.strip()[:100]})",
+        f"run retry {retry.run_id[:8]} (dagster/retry_number=1): SUCCESS",
+    ])
+
+
+def test_killed_worker_with_run_retries_on_is_re_executed_by_dagster(deployment, spark):
+    """Issue 10: SIGKILL of a run worker with run retries on: Dagster's run retry re-executes the run
+    from failure and it succeeds (S4 covers the same kill with run retries off: the sensor)."""
+    instance, settings = deployment["instance"], deployment["settings"]
+    first, retry = _assert_run_retry_chain(instance, spark, settings, RETRY_KILL_DAY)
+    failure = " ".join(
+        e.message or "" for e in instance.all_logs(first.run_id)
+        if e.dagster_event
+        and e.dagster_event.event_type in (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.ENGINE_EVENT)
+    )
+    assert "SIGKILL" in failure, failure[-500:]
+    _report("S6 SIGKILL -> run retry", [
+        f"killed run {first.run_id[:8]}: FAILURE; run retry {retry.run_id[:8]} (dagster/retry_number=1): SUCCESS",
+    ])
+
+
+def test_status_counts_run_retries_from_the_lineage_dagster_wrote(deployment):
+    """``backfill-platform status`` counts S5's and S6's run retries from the ``dagster/parent_run_id``
+    / ``dagster/root_run_id`` / ``dagster/retry_number`` tags the daemon wrote (no tag written by hand)."""
+    result = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "backfill-platform"), "status",
+         "--from", "2024-03-13", "--to", RETRY_KILL_DAY, "--format", "json"],
+        env=deployment["env"], capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    dates = {d["date"]: d for d in report["dates"]}
+    for day in (HANG_DAY, RETRY_KILL_DAY):
+        assert (dates[day]["attempts"], dates[day]["failed_runs_before_success"]) == (2, 1), dates[day]
+        assert dates[day]["last_status"] == "SUCCESS" and dates[day]["succeeded_after_retries"] is True
+    assert report["counts"]["materialized"] == 2 and report["counts"]["failed"] == 0
+    assert report["analytics"]["retry_runs"] == 2
+    _report("status over the run retries", [report["summary"]])
+
+
+def _wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def _daemon_log_since(offset: int) -> str:
+    return (ARTIFACTS / "retry_acceptance_daemon.log").read_bytes()[offset:].decode(errors="replace")
+
+
+def test_cancel_stops_a_running_local_run_and_writes_nothing(deployment, spark):
+    """Issue 10: terminating a run whose Spark write is running ends it CANCELED within a bounded
+    time, its Spark job and processes stop, the table stays as it was, and no py4j error is logged
+    (before the fix pyspark's SIGINT handler logged "reentrant call" and the run went on to SUCCESS)."""
+    instance, settings, defs = deployment["instance"], deployment["settings"], deployment["defs"]
+    tables = local_resources(settings)["tables"]
+    log_offset = (ARTIFACTS / "retry_acceptance_daemon.log").stat().st_size
+    version_before = tables.destination.latest_version(spark)
+    marker = _fault_state_dir(settings) / f"{CANCEL_DAY}.writing"
+    backfill_id = backfills.launch_destination_backfill(instance, defs, [CANCEL_DAY], title="S7 cancel a run")
+    _wait_for(marker.exists, 300, "the slow write's Spark task to start")
+    run = backfills.backfill_runs(instance, backfill_id)[0]
+    canceled_at = time.monotonic()
+    instance.run_coordinator.cancel_run(run.run_id)  # what the UI's Terminate button calls
+    _wait_for(lambda: instance.get_run_by_id(run.run_id).is_finished, 120, "the run to end")
+    cancel_to_end_s = time.monotonic() - canceled_at
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
+    assert cancel_to_end_s < 30, cancel_to_end_s  # a row takes SLOW_S: the Spark job was stopped
+    assert _alive_with_parent(_worker_pid(instance, run.run_id)) == []
+    assert tables.destination.latest_version(spark) == version_before
+    assert _table_rows(spark, settings, [CANCEL_DAY])[0].count() == 0
+    time.sleep(3)  # the daemon's code server writes the run worker's output asynchronously
+    log = _daemon_log_since(log_offset)
+    assert "reentrant" not in log and "Py4JError" not in log, log[-2000:]
+    deployment["cancel_to_end_s"] = cancel_to_end_s
+    _report("S7 cancel a running run", [f"run {run.run_id[:8]}: Cancel -> CANCELED in {cancel_to_end_s:.1f} s"])
+
+
+def test_cancel_of_a_backfill_cancels_its_running_and_queued_runs(deployment, spark):
+    instance, settings, defs = deployment["instance"], deployment["settings"], deployment["defs"]
+    tables = local_resources(settings)["tables"]
+    version_before = tables.destination.latest_version(spark)
+    backfill_id = backfills.launch_destination_backfill(
+        instance, defs, CANCEL_BACKFILL_DAYS, title="S7 cancel a backfill"
+    )
+
+    def running_and_queued():
+        statuses = [run.status for run in backfills.backfill_runs(instance, backfill_id)]
+        started = statuses.count(dg.DagsterRunStatus.STARTED)
+        return started >= 1 and len(statuses) == 3 and statuses
+
+    seen = _wait_for(running_and_queued, 300, "the backfill's three runs, some running")
+    _wait_for(lambda: any((_fault_state_dir(settings) / f"{d}.writing").exists() for d in CANCEL_BACKFILL_DAYS),
+              300, "a slow write to start")
+    canceled_at = time.monotonic()
+    dagster_internals.cancel_backfill(instance, backfill_id)  # what the UI's "Cancel backfill" calls
+    _wait_for(lambda: instance.get_backfill(backfill_id).status.value == "CANCELED", 180, "the backfill to cancel")
+    runs = backfills.backfill_runs(instance, backfill_id)
+    assert {run.status for run in runs} == {dg.DagsterRunStatus.CANCELED}, [(r.run_id, r.status) for r in runs]
+    assert tables.destination.latest_version(spark) == version_before
+    _report("S7 cancel a backfill", [
+        f"runs before Cancel: {sorted(s.value for s in seen)}; all {len(runs)} CANCELED "
+        f"{time.monotonic() - canceled_at:.1f} s after Cancel"
     ])
 
 
