@@ -10,6 +10,11 @@ A classified failure that may be retried (transient, unknown; ``classification.p
 request was raised: from the asset's body (local) or from the Databricks step launcher, whose own
 errors bypass an op's ``RetryPolicy``. When the retries are used up, the step fails with the last
 failure's message and metadata (Dagster reports the cause of the last request).
+
+``destination_data`` has no op ``RetryPolicy``: Dagster turns an interruption of an op that has one
+(Terminate, a run's maximum runtime) into a retry of the step (``op_execution_error_boundary`` in
+``dagster/_core/execution/plan/utils.py``), so a cancelled run went on to SUCCESS. Errors raised while
+its resources start are inside the classified body too (the Spark resource is lazy).
 """
 
 from __future__ import annotations
@@ -45,10 +50,3 @@ class RetrySchedule:
         raise dg.RetryRequested(
             max_retries=self.max_retries, seconds_to_wait=self.delay_before(previous_attempts + 1)
         ) from failure
-
-    def policy(self) -> dg.RetryPolicy:
-        """The op's ``RetryPolicy``, for errors raised outside the classified body (e.g. while a
-        resource starts): the same count and backoff, without jitter (so the interval is a minimum)."""
-        return dg.RetryPolicy(
-            max_retries=self.max_retries, delay=self.delay_seconds, backoff=dg.Backoff.EXPONENTIAL
-        )

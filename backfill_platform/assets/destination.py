@@ -44,7 +44,9 @@ def build_destination_asset(settings: Settings, business_days: BusinessDays) -> 
         required_resource_keys={STEP_LAUNCHER_KEY, "pyspark", "tables", WRITE_HOOKS_KEY},
         kinds={"spark", "delta"},
         group_name="backfill",
-        retry_policy=schedule.policy(),
+        # No op RetryPolicy: the body raises RetryRequested itself (retrying.py). Dagster turns an
+        # interruption (Cancel, a run timeout) of an op that has a RetryPolicy into a retry of the step,
+        # so with one, a terminated run went on running (UPSTREAM, dagster/_core/execution/plan/utils.py).
         pool=settings.databricks.pool if settings.deployment == "databricks" else None,
         check_specs=checks.destination_check_specs(),
     )

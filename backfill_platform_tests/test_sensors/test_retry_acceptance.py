@@ -450,7 +450,8 @@ def _assert_run_retry_chain(instance, spark, settings, day: str) -> tuple[dg.Dag
     assert retry.tags[tags.PARENT_RUN_ID] == first.run_id and retry.tags[tags.ROOT_RUN_ID] == first.run_id
     assert retry.tags[tags.RETRY_NUMBER] == "1" and first.tags.get(tags.WILL_RETRY) == "true"
     assert tags.RERUN_OF_RUN_ID not in retry.tags  # not the rerun sensor
-    assert _alive_with_parent(_worker_pid(instance, first.run_id)) == []  # no worker left behind
+    worker = _worker_pid(instance, first.run_id)
+    _wait_for(lambda: _alive_with_parent(worker) == [], 60, "the run worker to exit")  # none left behind
     dest, src = _table_rows(spark, settings, [day])
     assert sorted(map(tuple, dest.collect())) == sorted(map(tuple, src.collect())) and dest.count() == ROWS_PER_DATE
     return first, retry
@@ -541,7 +542,8 @@ def test_cancel_stops_a_running_local_run_and_writes_nothing(deployment, spark):
     cancel_to_end_s = time.monotonic() - canceled_at
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
     assert cancel_to_end_s < 30, cancel_to_end_s  # a row takes SLOW_S: the Spark job was stopped
-    assert _alive_with_parent(_worker_pid(instance, run.run_id)) == []
+    worker = _worker_pid(instance, run.run_id)
+    _wait_for(lambda: _alive_with_parent(worker) == [], 60, "the run worker and its JVM to exit")
     assert tables.destination.latest_version(spark) == version_before
     assert _table_rows(spark, settings, [CANCEL_DAY])[0].count() == 0
     time.sleep(3)  # the daemon's code server writes the run worker's output asynchronously
