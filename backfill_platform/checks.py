@@ -1,17 +1,5 @@
-"""Data quality of ``destination_data``: expectations before the write, asset checks after it.
-
-**Expectations** (Delta Live Tables' ``expect`` / ``expect_or_drop`` / ``expect_or_fail``) are SQL
-conditions every source row of the run's dates must meet before anything is written. Each has a
-policy:
-
-- ``warn``: the rows are written; the violation count is logged and kept in the metadata;
-- ``drop``: the violating rows are left out of the write (counted in the metadata);
-- ``fail``: one violating row fails the whole run *before* the write, with
-  ``Failure(allow_retries=False)``: a data error is not transient, so no retry policy, run retry or
-  rerun sensor should try it again unchanged. The destination is untouched.
-
-A row whose condition is NULL (e.g. ``value BETWEEN 0 AND 100`` with a NULL value) violates it. The
-policies can be overridden per run with ``DestinationConfig.expectation_policies`` (launchpad/CLI).
+"""Data quality of ``destination_data`` after the write: its asset checks (the expectations and data
+gates before the write are in ``expectations.py``).
 
 **Asset checks** run inside the same step right after every materialization (they are declared as
 ``check_specs`` of the asset, so the Dagster UI shows them on the asset's Checks tab and next to each
@@ -25,188 +13,54 @@ materialization):
 - ``business_days_complete`` — every business day between the first and last date in the table is
   present (severity WARN: a gap is a backfill still to run, not corrupt data).
 
+The four ERROR-severity checks are *blocking*: a failure fails the step after the materialization is
+recorded (the data is written by then: the table shows what happened), as a logic error that names
+the dates it is about, or none when the whole table is wrong (schema, a NULL ``position_date``).
+See :func:`blocking_check_failure` for why the asset raises this itself.
+
 Every function here takes Spark DataFrames and returns plain results, so tests can feed crafted data.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
 
-# Not imported from assets.tables_schema at module level: the assets package imports this module
-# (destination_data declares these checks), so that would be a circular import.
-POSITION_DATE = "position_date"
-POLICIES = ("warn", "drop", "fail")
-
-KEY_COLUMNS = (POSITION_DATE, "id")
-
-
-@dataclasses.dataclass(frozen=True)
-class Expectation:
-    name: str
-    condition: str  # Spark SQL boolean over one row; NULL counts as a violation
-    policy: str  # warn | drop | fail
-    description: str
-
-    def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise ValueError(f"expectation {self.name}: policy {self.policy!r} is not one of {POLICIES}")
-
-
-DESTINATION_EXPECTATIONS: tuple[Expectation, ...] = (
-    Expectation("position_date_not_null", "position_date IS NOT NULL", "fail", "every row has a business date"),
-    Expectation("id_not_null", "id IS NOT NULL", "fail", "every row has an id (part of the key)"),
-    Expectation("id_non_negative", "id >= 0", "fail", "ids are 0..N-1"),
-    Expectation("value_in_range", "value BETWEEN 0 AND 100", "warn", "value is a percentage 0-100"),
-    Expectation("category_known", "category IN ('A', 'B', 'C')", "drop", "category is A, B or C"),
+from backfill_platform.expectations import (
+    POSITION_DATE,
+    UNIQUE_KEYS,
+    DataQualityFailure,
+    ExpectationOutcome,
+    duplicate_keys,
+    listed,
 )
-
-
-class ExpectationConfigError(ValueError):
-    """An override names an unknown expectation or policy."""
-
-
-def with_policies(
-    expectations: Sequence[Expectation], overrides: Mapping[str, str] | None
-) -> list[Expectation]:
-    """The expectations with per-run policy overrides (``{"value_in_range": "fail"}``) applied."""
-    overrides = dict(overrides or {})
-    known = {e.name for e in expectations}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ExpectationConfigError(
-            f"unknown expectation(s) {', '.join(unknown)} in expectation_policies; known: {', '.join(sorted(known))}."
-        )
-    bad = {name: policy for name, policy in overrides.items() if policy not in POLICIES}
-    if bad:
-        raise ExpectationConfigError(
-            f"expectation_policies {bad} : each policy must be one of {', '.join(POLICIES)}."
-        )
-    return [dataclasses.replace(e, policy=overrides.get(e.name, e.policy)) for e in expectations]
-
-
-@dataclasses.dataclass(frozen=True)
-class ExpectationOutcome:
-    rows: Any  # the DataFrame to write (drop-policy violators removed)
-    source_rows_per_date: dict[str, int]  # before any drop
-    kept_rows_per_date: dict[str, int]  # what the write will contain
-    violations: dict[str, int]  # expectation name -> violating rows
-    policies: dict[str, str]
-
-    @property
-    def dropped(self) -> int:
-        return sum(self.source_rows_per_date.values()) - sum(self.kept_rows_per_date.values())
-
-    @property
-    def failed(self) -> list[str]:
-        return [name for name, count in self.violations.items() if count and self.policies[name] == "fail"]
-
-    @property
-    def warned(self) -> list[str]:
-        return [name for name, count in self.violations.items() if count and self.policies[name] == "warn"]
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "expectations": dg.MetadataValue.json(
-                {name: {"policy": self.policies[name], "violations": count} for name, count in self.violations.items()}
-            ),
-            "rows_dropped_by_expectations": self.dropped,
-        }
-
-    def failure_message(self) -> str:
-        details = ", ".join(f"{name} ({self.violations[name]} row(s))" for name in self.failed)
-        return (
-            f"Source rows violate expectation(s) with policy 'fail': {details}. Nothing was written "
-            "and the run is not retried (a data error). Fix the source rows, or relax the policy "
-            "with run config ops.destination_data.config.expectation_policies, then rerun these dates."
-        )
-
-
-def _violated(expectation: Expectation) -> Any:
-    from pyspark.sql import functions as F
-
-    return ~F.coalesce(F.expr(expectation.condition), F.lit(False))
-
-
-def evaluate_expectations(frame: Any, expectations: Sequence[Expectation]) -> ExpectationOutcome:
-    """Count violations per expectation and rows per date in ONE Spark aggregation."""
-    from pyspark.sql import functions as F
-
-    drop_rules = [e for e in expectations if e.policy == "drop"]
-    dropped = F.lit(False)
-    for expectation in drop_rules:
-        dropped = dropped | _violated(expectation)
-    aggregates = [F.count(F.lit(1)).alias("_rows"), F.sum(F.when(dropped, 0).otherwise(1)).alias("_kept")]
-    aggregates += [
-        F.sum(F.when(_violated(e), 1).otherwise(0)).alias(f"_v{i}") for i, e in enumerate(expectations)
-    ]
-    per_date = frame.groupBy(F.col(POSITION_DATE).cast("string").alias("_date")).agg(*aggregates).collect()
-    source_rows = {str(row["_date"]): int(row["_rows"]) for row in per_date}
-    kept_rows = {str(row["_date"]): int(row["_kept"]) for row in per_date}
-    violations = {
-        e.name: int(sum(row[f"_v{i}"] or 0 for row in per_date)) for i, e in enumerate(expectations)
-    }
-    rows = frame.where(~dropped) if drop_rules else frame
-    return ExpectationOutcome(
-        rows=rows,
-        source_rows_per_date=source_rows,
-        kept_rows_per_date=kept_rows,
-        violations=violations,
-        policies={e.name: e.policy for e in expectations},
-    )
-
-
-def enforce_expectations(
-    context: Any, frame: Any, overrides: Mapping[str, str] | None = None,
-    expectations: Sequence[Expectation] = DESTINATION_EXPECTATIONS,
-) -> ExpectationOutcome:
-    """Evaluate; log warnings; raise ``Failure(allow_retries=False)`` on any 'fail' violation."""
-    try:
-        active = with_policies(expectations, overrides)
-    except ExpectationConfigError as error:
-        raise dg.Failure(str(error), allow_retries=False) from None
-    outcome = evaluate_expectations(frame, active)
-    for name in outcome.warned:
-        context.log.warning(f"expectation {name}: {outcome.violations[name]} row(s) violate it (policy warn: written)")
-    if outcome.dropped:
-        context.log.warning(f"{outcome.dropped} row(s) dropped by 'drop' expectations")
-    if outcome.failed:
-        raise dg.Failure(
-            description=outcome.failure_message(), metadata=outcome.metadata(), allow_retries=False
-        )
-    return outcome
-
-
-# ---------------------------------------------------------------------------------------------
-# asset checks
 
 CHECK_ROWS = "rows_match_source"
 CHECK_SCHEMA = "schema_matches_declaration"
-CHECK_UNIQUE = "unique_position_date_id"
+CHECK_UNIQUE = UNIQUE_KEYS
 CHECK_NULLS = "no_null_keys"
 CHECK_COMPLETE = "business_days_complete"
+# The ERROR-severity checks: a failure fails the run (blocking_check_failure). business_days_complete
+# is WARN: a gap is a backfill still to run.
+BLOCKING_CHECKS = frozenset({CHECK_ROWS, CHECK_SCHEMA, CHECK_UNIQUE, CHECK_NULLS})
+FAILED_DATES = "failed_dates"  # check metadata: the run's dates a failed check is about (absent: table-wide)
 
 
 def destination_check_specs(asset_key: str = "destination_data") -> list[dg.AssetCheckSpec]:
     key = dg.AssetKey(asset_key)
+    descriptions = {
+        CHECK_ROWS: "destination rows per date == source rows for that date (minus rows dropped by expectations)",
+        CHECK_SCHEMA: "columns and types are exactly the declared schema",
+        CHECK_UNIQUE: "(position_date, id) is unique",
+        CHECK_NULLS: "no NULL in the key columns position_date, id",
+        CHECK_COMPLETE: "every business day between the table's first and last date is present",
+    }
     return [
-        dg.AssetCheckSpec(
-            CHECK_ROWS,
-            asset=key,
-            description="destination rows per date == source rows for that date (minus rows dropped by expectations)",
-        ),
-        dg.AssetCheckSpec(CHECK_SCHEMA, asset=key, description="columns and types are exactly the declared schema"),
-        dg.AssetCheckSpec(CHECK_UNIQUE, asset=key, description="(position_date, id) is unique"),
-        dg.AssetCheckSpec(CHECK_NULLS, asset=key, description="no NULL in the key columns position_date, id"),
-        dg.AssetCheckSpec(
-            CHECK_COMPLETE,
-            asset=key,
-            description="every business day between the table's first and last date is present",
-        ),
+        dg.AssetCheckSpec(name, asset=key, description=description, blocking=name in BLOCKING_CHECKS)
+        for name, description in descriptions.items()
     ]
 
 
@@ -262,6 +116,7 @@ def check_rows_match(
             "rows_expected": sum(expected_rows_per_date.get(d.isoformat(), 0) for d in dates),
             "rows_dropped_by_expectations": dropped_rows,
             "mismatches": dg.MetadataValue.json(mismatches),
+            FAILED_DATES: dg.MetadataValue.json(sorted(mismatches)),
         },
         description=None if not mismatches else f"{len(mismatches)} date(s) differ from the source",
     )
@@ -287,41 +142,63 @@ def check_schema(destination: Any, declared: Mapping[str, str] | None = None) ->
         check_name=CHECK_SCHEMA,
         passed=not problems,
         metadata={"schema": dg.MetadataValue.json(dict(actual)), "problems": dg.MetadataValue.json(problems)},
+        description=None if not problems else "; ".join(problems),
     )
 
 
 def check_unique_keys(destination: Any, dates: Sequence[dt.date],
-                      profile: Mapping[str, tuple[int, int, int]] | None = None) -> dg.AssetCheckResult:
-    from pyspark.sql import functions as F
-
+                      profile: Mapping[str, tuple[int, int, int]] | None = None,
+                      severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
+    """``severity`` WARN when the run wrote duplicates on purpose (``unique_position_date_id: warn``)."""
     profile = profile_dates(destination, dates) if profile is None else profile
-    sample: list[dict[str, Any]] = []
-    if any(non_null != distinct for _, non_null, distinct in profile.values()):
-        duplicates = (
-            _in_dates(destination, dates).where(F.col("id").isNotNull()).groupBy(*KEY_COLUMNS).count()
-            .where(F.col("count") > 1).orderBy(*KEY_COLUMNS).limit(20).collect()
-        )
-        sample = [{"position_date": str(r[0]), "id": r[1], "rows": int(r[2])} for r in duplicates]
+    failed = sorted(day for day, (_, non_null, distinct) in profile.items() if non_null != distinct)
+    sample = duplicate_keys(_in_dates(destination, dates)) if failed else []
     return dg.AssetCheckResult(
         check_name=CHECK_UNIQUE,
-        passed=not sample,
-        metadata={"duplicate_keys_sample": dg.MetadataValue.json(sample), "duplicate_keys_shown": len(sample)},
+        passed=not failed,
+        severity=severity,
+        metadata={
+            "duplicate_keys_sample": dg.MetadataValue.json(sample),
+            "duplicate_keys_shown": len(sample),
+            FAILED_DATES: dg.MetadataValue.json(failed),
+        },
+        description=None if not failed else f"duplicate (position_date, id) on {len(failed)} date(s)",
     )
 
 
 def check_no_null_keys(destination: Any, dates: Sequence[dt.date],
                        profile: Mapping[str, tuple[int, int, int]] | None = None,
-                       present: tuple[set[str], bool] | None = None) -> dg.AssetCheckResult:
+                       present: tuple[set[str], bool] | None = None,
+                       null_ids_allowed: bool = False) -> dg.AssetCheckResult:
+    """A NULL ``position_date`` anywhere is a table-wide failure (no ``failed_dates``): every run
+    would fail on it until it is deleted. ``null_ids_allowed``: the run wrote NULL ids on purpose
+    (``id_not_null: warn``), so NULL ids alone only warn."""
     from pyspark.sql import functions as F
 
     profile = profile_dates(destination, dates) if profile is None else profile
     _, has_null_date = present_dates(destination) if present is None else present
     null_ids = sum(rows - non_null for rows, non_null, _ in profile.values())
     null_dates = destination.where(F.col(POSITION_DATE).isNull()).count() if has_null_date else 0
+    metadata: dict[str, Any] = {"null_position_date_rows": null_dates, "null_id_rows": null_ids}
+    problems = []
+    if null_dates:
+        problems.append(
+            f"{null_dates} row(s) of the table have a NULL position_date (no run writes them: delete them, "
+            f"e.g. DELETE FROM the table WHERE {POSITION_DATE} IS NULL)"
+        )
+    else:
+        metadata[FAILED_DATES] = dg.MetadataValue.json(
+            sorted(day for day, (rows, non_null, _) in profile.items() if rows != non_null)
+        )
+    if null_ids:
+        problems.append(f"{null_ids} row(s) of the run's dates have a NULL id")
+    warn_only = null_dates == 0 and null_ids_allowed
     return dg.AssetCheckResult(
         check_name=CHECK_NULLS,
-        passed=null_dates == 0 and null_ids == 0,
-        metadata={"null_position_date_rows": null_dates, "null_id_rows": null_ids},
+        passed=not problems,
+        severity=dg.AssetCheckSeverity.WARN if warn_only else dg.AssetCheckSeverity.ERROR,
+        metadata=metadata,
+        description="; ".join(problems) or None,
     )
 
 
@@ -359,13 +236,59 @@ def run_destination_checks(
     outcome: ExpectationOutcome,
     business_days: Sequence[str],
 ) -> list[dg.AssetCheckResult]:
-    """All five checks on the destination table right after the write."""
+    """All five checks on the destination table right after the write. What the run's policies let
+    through on purpose (``warn`` on the key or on ``id_not_null``) makes its check warn, not block."""
     profile = profile_dates(destination, dates)  # two Spark jobs for the five checks
     present = present_dates(destination)
+    duplicates_allowed = outcome.policies.get(UNIQUE_KEYS) == "warn"
     return [
         check_rows_match(destination, dates, outcome.kept_rows_per_date, outcome.dropped, profile=profile),
         check_schema(destination),
-        check_unique_keys(destination, dates, profile=profile),
-        check_no_null_keys(destination, dates, profile=profile, present=present),
+        check_unique_keys(
+            destination, dates, profile=profile,
+            severity=dg.AssetCheckSeverity.WARN if duplicates_allowed else dg.AssetCheckSeverity.ERROR,
+        ),
+        check_no_null_keys(
+            destination, dates, profile=profile, present=present,
+            null_ids_allowed=outcome.policies.get("id_not_null") == "warn",
+        ),
         check_business_days_complete(destination, business_days, present),
     ]
+
+
+def blocking_check_failure(results: Sequence[dg.AssetCheckResult], written: str) -> DataQualityFailure | None:
+    """The failure of the run when a blocking (ERROR-severity) check failed after the write
+    (``written`` says what was committed); None when none did.
+
+    Why the asset raises this itself: Dagster fails a step whose blocking check failed only after the
+    step body has returned (``DagsterAssetCheckFailedError``, raised by ``execute_step.py`` outside
+    the body), so that error has no failure class and no dates, and the rerun sensor would take it
+    for an unknown, retryable failure. Raised from the body, it passes ``classified_failures``: a
+    logic error, never retried, naming the dates of the failed checks; none (range-wide) when one of
+    them is about the whole table (schema, a NULL position_date), which every rerun would hit again.
+    """
+    failed = [
+        result for result in results
+        if result.check_name in BLOCKING_CHECKS and not result.passed
+        and result.severity == dg.AssetCheckSeverity.ERROR
+    ]
+    if not failed:
+        return None
+    table_wide = [result.check_name for result in failed if FAILED_DATES not in result.metadata]
+    dates = [] if table_wide else sorted(
+        {day for result in failed for day in getattr(result.metadata[FAILED_DATES], "value", [])}
+    )
+    about = (
+        f"They are about the whole table ({', '.join(table_wide)}), not single dates."
+        if table_wide else f"Dates: {listed(dates)}."
+    )
+    description = (
+        f"Blocking asset check(s) failed after the write ({written}): "
+        + "; ".join(f"{result.check_name}: {result.description or 'failed'}" for result in failed)
+        + f". {about} The run fails and is not retried (a data error). See the check results (the asset's "
+        "Checks tab), fix the cause, then rerun the dates (or roll them back with backfill-platform restore)."
+    )
+    return DataQualityFailure(
+        description, dates, "blocking asset check failed",
+        {"failed_checks": dg.MetadataValue.json([result.check_name for result in failed])},
+    )

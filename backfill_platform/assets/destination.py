@@ -1,18 +1,25 @@
 """``destination_data``: the business-day partitioned Delta table that backfills repair.
 
 One run handles one partition or a range of them (the backfill policy sets how many). It reads the
-source rows of exactly those business dates and replaces exactly those dates in the destination with
-a single ``replaceWhere`` overwrite: one Delta commit, atomic, and idempotent. A date without source
-rows, or a source that drifted from the declared schema, fails the run before anything is written.
+source rows of exactly those business dates, at ONE Delta version of the source (what the data gates
+checked is what is written, whatever upstream commits meanwhile), and replaces exactly those dates in
+the destination with a single ``replaceWhere`` overwrite: one Delta commit, atomic, and idempotent.
+
+Before the write, the data gates (``expectations.py``) fail the run, writing nothing, for a date without
+source rows, a ``fail`` expectation violated (duplicate keys included), or a date whose rows the
+``drop`` expectations cut to zero or below the kept share; a source that drifted from the declared
+schema fails it too. After the write, a failed ERROR-severity asset check fails the run.
 """
 
 
 import json
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 
-from backfill_platform import checks, tags
+from backfill_platform import checks, expectations, tags
 from backfill_platform.assets.destination_config import DestinationConfig
 from backfill_platform.assets.tables_schema import POSITION_COLUMNS, POSITION_DATE
 from backfill_platform.classification import classified_failures
@@ -50,25 +57,37 @@ def build_destination_asset(settings: Settings, business_days: BusinessDays) -> 
         pool=settings.databricks.pool if settings.deployment == "databricks" else None,
         check_specs=checks.destination_check_specs(),
     )
-    def destination_data(context: dg.AssetExecutionContext, config: DestinationConfig) -> dg.MaterializeResult:
+    def destination_data(
+        context: dg.AssetExecutionContext, config: DestinationConfig
+    ) -> Iterator[dg.MaterializeResult]:
         """Copy the source rows of this run's business dates into the destination, replacing exactly
         those dates (``replaceWhere``) in one Delta commit.
 
         Failures are classified (``classification.py``): transient and unknown ones are retried
         (``retrying.RetrySchedule``: backoff, jitter that only adds), logic/data ones fail once with
-        ``Failure(allow_retries=False)``.
+        ``Failure(allow_retries=False)``. A generator, so that a failed blocking check can fail the
+        step from inside ``classified_failures`` after its materialization and check results are
+        recorded (``checks.blocking_check_failure`` says why).
         """
         with (
             classified_failures(context.partition_keys, schedule, context.retry_number),
             cancel_spark_jobs_on_termination(context.resources.pyspark, context.instance, context.run_id),
         ):
-            return _replace_dates(context, config, business_days)
+            min_kept_share = config.kept_share(settings.quality.min_kept_share)
+            result = _replace_dates(context, config, business_days, min_kept_share)
+            yield result
+            blocked = checks.blocking_check_failure(
+                result.check_results or [],
+                f"{result.metadata['table']} Delta version {result.metadata['delta_version']}",
+            )
+            if blocked is not None:
+                raise blocked
 
     return destination_data
 
 
 def _replace_dates(
-    context: dg.AssetExecutionContext, config: DestinationConfig, business_days: BusinessDays
+    context: dg.AssetExecutionContext, config: DestinationConfig, business_days: BusinessDays, min_kept_share: float
 ) -> dg.MaterializeResult:
     """The body of ``destination_data``. Resources come by key (not as typed arguments) because the
     step launcher must be a key requirement: ``pyspark`` (a ``LazyPySparkResource``), ``tables``
@@ -80,21 +99,16 @@ def _replace_dates(
     started = time.perf_counter()
     spark = context.resources.pyspark.spark_session
     spark_ready = time.perf_counter()
-    source = _read_source(spark, tables.source).where(F.col(POSITION_DATE).isin(dates))
+    source_version, source_frame = _read_source(spark, tables.source)
+    source = source_frame.where(F.col(POSITION_DATE).isin(dates))
 
-    # Expectations (checks.py): 'fail' raises Failure(allow_retries=False) before anything is written.
-    expected = checks.enforce_expectations(context, source, config.expectation_policies)
+    # Data gates (expectations.py): a missing date, a 'fail' expectation, too few kept rows raise ONE
+    # DataQualityFailure naming the bad dates, before anything is written.
+    expected = expectations.enforce_expectations(
+        context, source, [day.isoformat() for day in dates], config.expectation_policies, min_kept_share,
+        source=f"{tables.source} (Delta version {source_version})",
+    )
     rows_per_date = expected.kept_rows_per_date
-    missing = [day.isoformat() for day in dates if day.isoformat() not in expected.source_rows_per_date]
-    if missing:
-        raise dg.Failure(
-            description=(
-                f"The source {tables.source} has no rows for business date(s) {', '.join(missing)}. "
-                "Nothing was written. Load the source for these dates, then rerun them."
-            ),
-            metadata={"missing_dates": missing, "source": str(tables.source)},
-            allow_retries=False,
-        )
 
     hooks: WriteHooks = getattr(context.resources, WRITE_HOOKS_KEY)
     rows = hooks.before_write([day.isoformat() for day in dates], expected.rows)
@@ -102,7 +116,9 @@ def _replace_dates(
     _create_destination_if_missing(spark, tables.destination)
     predicate = f"{POSITION_DATE} IN ({', '.join(repr(day.isoformat()) for day in dates)})"
     if config.full_refresh:  # the run's whole window, non-business days inside it included
-        predicate = f"{POSITION_DATE} BETWEEN '{dates[0].isoformat()}' AND '{dates[-1].isoformat()}'"
+        # UPSTREAM WORKAROUND (Delta 4.4.0 on Spark 4.2): replaceWhere "d BETWEEN a AND b" on a partition
+        # column fails with [INTERNAL_ERROR] Invalid call to nullable on unresolved object; ">= AND <=" works.
+        predicate = f"{POSITION_DATE} >= '{dates[0].isoformat()}' AND {POSITION_DATE} <= '{dates[-1].isoformat()}'"
     writer = (
         rows.write.format("delta")
         .mode("overwrite")
@@ -114,7 +130,7 @@ def _replace_dates(
     total = sum(rows_per_date.values())
     context.log.info(
         f"Replaced {len(dates)} business date(s) {dates[0]}..{dates[-1]} in {tables.destination}: "
-        f"{total} rows, Delta version {commit['version']}"
+        f"{total} rows, Delta version {commit['version']}, from {tables.source} Delta version {source_version}"
     )
     check_results = checks.run_destination_checks(
         tables.destination.read(spark), dates, expected, business_days.partitions_def.get_partition_keys()
@@ -123,6 +139,8 @@ def _replace_dates(
         check_results=check_results,
         metadata={
             **expected.metadata(),
+            "min_kept_share": min_kept_share,
+            "source_delta_version": source_version,
             "full_refresh": config.full_refresh,
             "table": str(tables.destination),
             "delta_version": int(commit["version"]),
@@ -139,8 +157,14 @@ def _replace_dates(
     )
 
 
-def _read_source(spark, source: DeltaLocation):
-    """The source, with exactly the declared columns and types, or a Failure naming the drift."""
+def _read_source(spark, source: DeltaLocation) -> tuple[int, Any]:
+    """(version, frame): the source at its latest Delta version, pinned, with exactly the declared
+    columns and types, or a Failure naming the drift.
+
+    Pinned because the frame is evaluated twice (the expectations' aggregation, then the write): an
+    unpinned read resolves the latest version each time, so an upstream commit in between would be
+    written unchecked. ``VERSION AS OF`` in SQL works for path and catalog tables, classic or Spark
+    Connect sessions."""
     from pyspark.sql import functions as F
 
     if not source.exists(spark):
@@ -149,7 +173,8 @@ def _read_source(spark, source: DeltaLocation):
             "(backfill-platform backfill does this for you in the local deployment).",
             allow_retries=False,
         )
-    frame = source.read(spark)
+    version = source.latest_version(spark)
+    frame = spark.sql(f"SELECT * FROM {source.sql_name} VERSION AS OF {version}")
     actual = dict(frame.dtypes)
     problems = [
         f"{name}: expected {kind}, found {actual.get(name, 'no such column')}"
@@ -160,10 +185,10 @@ def _read_source(spark, source: DeltaLocation):
         raise dg.Failure(
             f"The source {source} does not match the declared schema ({'; '.join(problems)}). "
             "Nothing was written.",
-            metadata={"source_schema": json.dumps(actual)},
+            metadata={"source_schema": json.dumps(actual), "source_delta_version": version},
             allow_retries=False,
         )
-    return frame.select(*(F.col(name) for name in POSITION_COLUMNS))
+    return version, frame.select(*(F.col(name) for name in POSITION_COLUMNS))
 
 
 def _create_destination_if_missing(spark, destination: DeltaLocation) -> None:

@@ -78,6 +78,9 @@ def test_a_business_date_without_source_rows_fails_and_writes_nothing(spark, see
     failure = result.get_step_failure_events()[0].step_failure_data
     assert "has no rows for business date(s) 2024-07-02" in failure.error.message
     assert "Nothing was written" in failure.error.message
+    # a per-date logic error: only 07-02 is bad, 07-01 and 07-03 may be rerun
+    assert failure.user_failure_data.metadata["failure_class"].value == "logic"
+    assert failure.user_failure_data.metadata["bad_dates"].value == ["2024-07-02"]
     assert delta_version(spark, destination) == version
     assert rows_per_date(spark, destination) == {"2024-07-01": 10}
 
@@ -92,8 +95,11 @@ def test_a_drifted_source_schema_fails_with_the_columns_and_writes_nothing(spark
     result = materialize_destination(seeded, "2024-07-02", raise_on_error=False)
 
     assert not result.success
-    message = result.get_step_failure_events()[0].step_failure_data.error.message
-    assert "value: expected double, found no such column" in message
+    failure = result.get_step_failure_events()[0].step_failure_data
+    assert "value: expected double, found no such column" in failure.error.message
+    # range-wide: the drift is about the table, not one date
+    assert failure.user_failure_data.metadata["failure_class"].value == "logic"
+    assert failure.user_failure_data.metadata["bad_dates"].value == []
     assert rows_per_date(spark, destination) == {"2024-07-01": 10}
 
 
