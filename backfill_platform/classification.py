@@ -305,11 +305,18 @@ def classification_of_failure(error_info: Any = None, metadata: Mapping[str, Any
         kind = CLASSIFIED_TYPE_NAMES.get(getattr(error_info, "cls_name", None) or "")
         if kind is not None:
             return kind
-        match = _PREFIX.search(getattr(error_info, "message", "") or "")
-        if match:
-            return FailureClass(match.group(1))
+        kind = class_in_text(getattr(error_info, "message", "") or "")
+        if kind is not None:
+            return kind
         error_info = getattr(error_info, "cause", None) or getattr(error_info, "context", None)
     return None
+
+
+def class_in_text(message: str) -> FailureClass | None:
+    """The class a message states with the ``[<class>: ...]`` / ``[databricks:<class>]`` prefix that
+    classified failures carry (e.g. a run the run queue refused), or None."""
+    match = _PREFIX.search(message or "")
+    return FailureClass(match.group(1)) if match else None
 
 
 # Exception types whose class is their name (the launcher's failures, Dagster's interruption).
@@ -319,6 +326,9 @@ CLASSIFIED_TYPE_NAMES: dict[str, FailureClass] = {
     "DatabricksCanceledError": CANCELED,
     "DatabricksUnknownError": UNKNOWN,
     "DagsterExecutionInterruptedError": CANCELED,
+    # a blocking asset check failed after the write (the asset raises its own classified failure
+    # first, checks.blocking_check_failure; this covers any other asset with blocking checks)
+    "DagsterAssetCheckFailedError": LOGIC,
 }
 _PREFIX = re.compile(r"(?:^|:\s|\n)\[(?:databricks:)?(transient|logic|canceled|unknown)[:\]]")
 
@@ -406,9 +416,10 @@ def failure_for(error: BaseException, dates: Sequence[str] = ()) -> dg.Failure:
     if isinstance(error, dg.Failure):
         description = error.description or str(error)
         metadata = dict(error.metadata or {})
-        if not bad_dates and "missing_dates" in metadata:
-            raw = metadata["missing_dates"]
-            bad_dates = list(getattr(raw, "value", raw))
+        for key in (BAD_DATES_KEY, "missing_dates"):  # dates the raiser named in its metadata
+            if not bad_dates and key in metadata:
+                raw = metadata[key]
+                bad_dates = list(getattr(raw, "value", raw) or [])
         kind, reason = result.kind, result.reason
         if not error.allow_retries and kind in RETRIED:
             kind, reason = LOGIC, "data or configuration problem reported by the asset"
@@ -460,6 +471,7 @@ __all__ = [
     "RunState",
     "TRANSIENT",
     "UNKNOWN",
+    "class_in_text",
     "classification_of_failure",
     "classified_failures",
     "classify",

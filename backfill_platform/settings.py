@@ -20,6 +20,7 @@ tests build their own. :class:`Settings` has one section per concern: ``tables``
 | ``BACKFILL_HOLIDAY_CALENDAR`` | ``pandas.tseries.holiday:USFederalHolidayCalendar`` | pandas holiday calendar class |
 | ``BACKFILL_EXTRA_CLOSURES`` | (none) | extra closed days: ``2025-01-09=National Day of Mourning,...`` |
 | ``BACKFILL_MAX_PARTITIONS_PER_RUN`` | ``60`` | business days one backfill run processes at most; ``all``: one run per backfill (``BackfillPolicy.single_run()``, which ``dagster asset materialize --partition-range`` requires) |
+| ``BACKFILL_MIN_KEPT_SHARE`` | ``0.5`` | share (0, 1] of a date's source rows that must survive the 'drop' expectations, else the run fails before writing |
 | ``BACKFILL_SPARK_MASTER`` | ``local[2]`` | Spark master of the local deployment |
 | ``BACKFILL_SPARK_REMOTE`` | (none) | ``sc://127.0.0.1:PORT`` of a warm Spark Connect server (``backfill-platform spark-server``) that local runs use instead of starting a JVM each |
 | ``BACKFILL_SPARK_JARS`` | (none) | local Delta jars instead of resolving them from Maven Central |
@@ -31,6 +32,7 @@ tests build their own. :class:`Settings` has one section per concern: ``tables``
 | ``BACKFILL_RERUN_DAYS_BACK`` | ``7`` | the sensor looks at failures of the last N days (the seed's ``retry_days_back``) |
 | ``BACKFILL_RERUN_BATCH_SIZE`` | ``20`` | reruns requested per sensor tick at most |
 | ``BACKFILL_RERUN_INTERVAL_SECONDS`` | ``300`` | minimum seconds between ticks of the rerun sensor |
+| ``BACKFILL_RERUN_RETRY_GRACE_SECONDS`` | ``300`` | a failed run marked ``dagster/will_retry`` whose retry has not started after this long is given up ("expired") and alerted |
 | ``BACKFILL_RUN_TIMEOUT_SECONDS`` | ``1800`` | the seed's ``timeout_seconds``: a run's maximum runtime (``dagster/max_runtime``); Databricks runs time out slightly earlier |
 | ``BACKFILL_ALERT_INTERVAL_SECONDS`` | ``30`` | minimum seconds between ticks of the alert sensor |
 | ``BACKFILL_AUTOMATION`` | ``stopped`` | default status of the sensors and the schedule: ``running`` or ``stopped`` |
@@ -39,7 +41,9 @@ tests build their own. :class:`Settings` has one section per concern: ``tables``
 | ``BACKFILL_UI_URL`` | ``http://127.0.0.1:3000`` | base URL of the Dagster UI, for links in alerts |
 | ``BACKFILL_ALERT_SMTP_HOST`` / ``_PORT`` | (none) / ``25`` | SMTP server for alert emails (email is off without a host) |
 | ``BACKFILL_ALERT_SMTP_USER`` | (none) | SMTP login; the password is read as ``EnvVar("BACKFILL_ALERT_SMTP_PASSWORD")`` |
-| ``BACKFILL_ALERT_SMTP_STARTTLS`` | ``false`` | STARTTLS before login |
+| ``BACKFILL_ALERT_SMTP_STARTTLS`` | ``false`` | STARTTLS (certificate verified) before login; a login requires STARTTLS or SMTPS |
+| ``BACKFILL_ALERT_SMTP_SSL`` | ``false`` | SMTPS (TLS from the first byte, usually port 465) instead of STARTTLS |
+| ``BACKFILL_ALERT_SMTP_CA_FILE`` | (none) | PEM CA bundle that verifies the SMTP server's certificate (default: system CAs) |
 | ``BACKFILL_ALERT_EMAIL_FROM`` / ``_TO`` | ``backfill-platform@localhost`` / (none) | sender; comma-separated recipients |
 | ``BACKFILL_ALERT_WEBHOOK_URL`` | (none) | Slack-compatible incoming webhook; a secret, read as ``EnvVar`` |
 | ``BACKFILL_DATABRICKS_POOL`` | ``databricks_runs`` | Dagster pool of steps that launch Databricks runs (limit: ``dagster.yaml``) |
@@ -71,7 +75,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -95,44 +101,26 @@ def _parse_date(name: str, value: str) -> dt.date:
         raise SettingsError(f"{name}={value!r} is not a date in YYYY-MM-DD form.") from None
 
 
-def _parse_positive_int(name: str, value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise SettingsError(f"{name}={value!r} must be a whole number of at least 1 (or 'all').")
-    return number
+def _number_parser(kind: type, least: float, what: str, *, strictly_above: bool = False):
+    """A parser of a finite ``kind`` (int or float) >= ``least`` (> with ``strictly_above``); nan, inf
+    and anything else are a SettingsError that says ``what`` is expected."""
+
+    def parse(name: str, value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number) or number < least or (strictly_above and number == least):
+            raise SettingsError(f"{name}={value!r} must be {what}.")
+        return number
+
+    return parse
 
 
-def _parse_non_negative_float(name: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if not number >= 0:  # also refuses nan
-        raise SettingsError(f"{name}={value!r} must be a number of seconds (0 or more).")
-    return number
-
-
-def _parse_positive_float(name: str, value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = 0.0
-    if not (number > 0 and number != float("inf")):  # also refuses nan and inf
-        raise SettingsError(f"{name}={value!r} must be a number of seconds greater than 0.")
-    return number
-
-
-def _parse_non_negative_int(name: str, value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise SettingsError(f"{name}={value!r} must be a whole number (0 or more).")
-    return number
+_parse_positive_int = _number_parser(int, 1, "a whole number of at least 1 (or 'all')")
+_parse_non_negative_int = _number_parser(int, 0, "a whole number (0 or more)")
+_parse_non_negative_float = _number_parser(float, 0, "a number of seconds (0 or more)")
+_parse_positive_float = _number_parser(float, 0, "a number of seconds greater than 0", strictly_above=True)
 
 
 def _parse_bool(name: str, value: str) -> bool:
@@ -189,6 +177,26 @@ class TableSettings:
     calendar_table: str = "calendar"
     log_table: str = "backfill_log"
 
+    def __post_init__(self) -> None:
+        for name, variable in TABLE_NAME_VARIABLES.items():
+            value = getattr(self, name)
+            if not IDENTIFIER.fullmatch(value):
+                raise SettingsError(
+                    f"{variable}={value!r} is not a table identifier: use letters, digits and underscores, "
+                    "starting with a letter or underscore (e.g. destination_data)."
+                )
+
+
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")  # no dots, quotes, slashes or spaces
+TABLE_NAME_VARIABLES = {
+    "catalog": "BACKFILL_CATALOG",
+    "schema": "BACKFILL_SCHEMA",
+    "source_table": "BACKFILL_SOURCE_TABLE",
+    "destination_table": "BACKFILL_DESTINATION_TABLE",
+    "calendar_table": "BACKFILL_CALENDAR_TABLE",
+    "log_table": "BACKFILL_LOG_TABLE",
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class CalendarSettings:
@@ -220,6 +228,7 @@ class RetrySettings:
     rerun_days_back: int = 7
     rerun_batch_size: int = 20
     rerun_interval_seconds: int = 300
+    rerun_retry_grace_seconds: float = 300.0  # a run marked will_retry whose retry never starts: given up after
     # The seed's timeout_seconds: a run's maximum runtime (tag dagster/max_runtime, ended by run
     # monitoring, then retried by run retries); a Databricks run gets a slightly shorter
     # timeout_seconds, so Databricks reports TIMEDOUT first (a transient failure, retried).
@@ -246,18 +255,111 @@ class AutomationSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class QualitySettings:
+    """Data gates of destination_data before the write (expectations.py). ``min_kept_share``
+    (``BACKFILL_MIN_KEPT_SHARE``): a date whose rows the ``drop`` expectations cut to zero, or below
+    this share of its source rows, fails the run before anything is written, so an upstream change
+    (e.g. renamed categories) cannot silently replace a date with almost nothing. Per run:
+    ``DestinationConfig.min_kept_share``."""
+
+    min_kept_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.check_share("BACKFILL_MIN_KEPT_SHARE", self.min_kept_share)
+
+    @staticmethod
+    def check_share(name: str, value: object) -> float:
+        """``value`` as a share in (0, 1], or a SettingsError naming ``name``."""
+        try:
+            share = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            share = float("nan")
+        if not 0 < share <= 1:  # also refuses nan
+            raise SettingsError(
+                f"{name}={value!r} must be a share of the source rows in (0, 1], e.g. 0.5 "
+                "(1: any dropped row fails the date)."
+            )
+        return share
+
+
+@dataclasses.dataclass(frozen=True)
 class AlertSettings:
-    """Where final failures are sent (sensors/alerts.py). Secrets are only read through ``dg.EnvVar``."""
+    """Where final failures are sent (sensors/alerts.py). Secrets are only read through ``dg.EnvVar``.
+
+    SMTP is encrypted with ``BACKFILL_ALERT_SMTP_STARTTLS=true`` (STARTTLS, usually port 587) or
+    ``BACKFILL_ALERT_SMTP_SSL=true`` (SMTPS: TLS from the first byte, usually port 465); either way the
+    server's certificate is verified, against ``BACKFILL_ALERT_SMTP_CA_FILE`` (a PEM bundle, for a
+    private CA) when set, else the system's CAs. A login (``BACKFILL_ALERT_SMTP_USER`` /
+    ``BACKFILL_ALERT_SMTP_PASSWORD``) is refused without one of them: the password would cross the
+    network in clear text. ``BACKFILL_ALERT_WEBHOOK_URL`` must be an ``http(s)://host/...`` URL; a
+    malformed one is refused when the settings load, without echoing it (it is a secret).
+    """
 
     interval_seconds: int = 30
     smtp_host: str = ""
     smtp_port: int = 25
     smtp_user: str = ""
     smtp_starttls: bool = False
+    smtp_ssl: bool = False  # SMTPS (implicit TLS)
+    smtp_ca_file: str = ""  # PEM CA bundle that verifies the SMTP server (empty: the system's CAs)
     smtp_password_set: bool = False  # the value itself is only read through dg.EnvVar
     email_from: str = "backfill-platform@localhost"
     email_to: tuple[str, ...] = ()
     webhook_set: bool = False  # the URL is a secret: only read through dg.EnvVar
+
+    PASSWORD_VAR = "BACKFILL_ALERT_SMTP_PASSWORD"  # secrets: the resource reads them with dg.EnvVar
+    WEBHOOK_URL_VAR = "BACKFILL_ALERT_WEBHOOK_URL"
+
+    def __post_init__(self) -> None:
+        if self.smtp_starttls and self.smtp_ssl:
+            raise SettingsError(
+                "BACKFILL_ALERT_SMTP_STARTTLS and BACKFILL_ALERT_SMTP_SSL are both true: choose one "
+                "(STARTTLS upgrades a plain connection, usually port 587; SMTPS is TLS from the start, usually 465)."
+            )
+        if (self.smtp_user or self.smtp_password_set) and not (self.smtp_starttls or self.smtp_ssl):
+            raise SettingsError(
+                "BACKFILL_ALERT_SMTP_USER / BACKFILL_ALERT_SMTP_PASSWORD are set but the SMTP connection is not "
+                "encrypted, so the password would cross the network in clear text. Set "
+                "BACKFILL_ALERT_SMTP_STARTTLS=true (usually port 587) or BACKFILL_ALERT_SMTP_SSL=true (SMTPS, "
+                "usually port 465), or remove the login."
+            )
+        if self.smtp_ca_file and not Path(self.smtp_ca_file).is_file():
+            raise SettingsError(
+                f"BACKFILL_ALERT_SMTP_CA_FILE={self.smtp_ca_file!r} is not a file: give the PEM bundle of the "
+                "CA that signed the SMTP server's certificate, or unset it to use the system's CAs."
+            )
+
+    @staticmethod
+    def webhook_url_problem(url: str) -> str | None:
+        """What is wrong with a webhook URL, in words that never quote it (it is a secret); None if
+        it is usable."""
+        import urllib.parse
+
+        if url != url.strip() or any(char.isspace() or ord(char) < 32 for char in url):
+            return "it contains spaces or control characters (remove them; encode a space in a path as %20)"
+        try:
+            parts = urllib.parse.urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0-65535
+        except ValueError:
+            return "it is not a URL (bad port or brackets)"
+        if parts.scheme.lower() not in ("http", "https"):
+            return "it does not start with https:// (or http://)"
+        if not parts.hostname:
+            return "it has no host name"
+        return None
+
+    @staticmethod
+    def webhook_given(url: str | None) -> bool:
+        """Whether a webhook URL is configured; a malformed one is a SettingsError that does not echo it."""
+        if url is None or not url.strip():
+            return False
+        problem = AlertSettings.webhook_url_problem(url)
+        if problem:
+            raise SettingsError(
+                f"{AlertSettings.WEBHOOK_URL_VAR} is not a usable webhook URL: {problem}. "
+                "(The value is a secret: it is not shown.)"
+            )
+        return True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,6 +393,7 @@ class Settings:
     spark: SparkSettings = SparkSettings()
     retries: RetrySettings = RetrySettings()
     automation: AutomationSettings = AutomationSettings()
+    quality: QualitySettings = QualitySettings()
     alerts: AlertSettings = AlertSettings()
     databricks: DatabricksSettings = DatabricksSettings()
 
@@ -353,12 +456,16 @@ class Settings:
                 "BACKFILL_RERUN_DAYS_BACK": ("rerun_days_back", _parse_positive_int),
                 "BACKFILL_RERUN_BATCH_SIZE": ("rerun_batch_size", _parse_positive_int),
                 "BACKFILL_RERUN_INTERVAL_SECONDS": ("rerun_interval_seconds", _parse_positive_int),
+                "BACKFILL_RERUN_RETRY_GRACE_SECONDS": ("rerun_retry_grace_seconds", _parse_non_negative_float),
                 "BACKFILL_RUN_TIMEOUT_SECONDS": ("run_timeout_seconds", _parse_positive_float),
             }),
             automation=section(AutomationSettings, {
                 "BACKFILL_AUTOMATION": ("status", _parse_lower),
                 "BACKFILL_SCHEDULE_CRON": ("schedule_cron", None),
                 "BACKFILL_SCHEDULE_TIMEZONE": ("schedule_timezone", None),
+            }),
+            quality=section(QualitySettings, {
+                "BACKFILL_MIN_KEPT_SHARE": ("min_kept_share", QualitySettings.check_share),
             }),
             alerts=dataclasses.replace(
                 section(AlertSettings, {
@@ -367,57 +474,19 @@ class Settings:
                     "BACKFILL_ALERT_SMTP_PORT": ("smtp_port", _parse_positive_int),
                     "BACKFILL_ALERT_SMTP_USER": ("smtp_user", None),
                     "BACKFILL_ALERT_SMTP_STARTTLS": ("smtp_starttls", _parse_bool),
+                    "BACKFILL_ALERT_SMTP_SSL": ("smtp_ssl", _parse_bool),
+                    "BACKFILL_ALERT_SMTP_CA_FILE": ("smtp_ca_file", None),
                     "BACKFILL_ALERT_EMAIL_FROM": ("email_from", None),
                     "BACKFILL_ALERT_EMAIL_TO": ("email_to", _parse_list),
                 }),
                 smtp_password_set=get("BACKFILL_ALERT_SMTP_PASSWORD") is not None,
-                webhook_set=get("BACKFILL_ALERT_WEBHOOK_URL") is not None,
+                webhook_set=AlertSettings.webhook_given(env.get(AlertSettings.WEBHOOK_URL_VAR)),
             ),
             databricks=section(DatabricksSettings, {
                 f"BACKFILL_DATABRICKS_{field.upper()}": (field, None)
                 for field in (f.name for f in dataclasses.fields(DatabricksSettings))
             }),
         )
-
-
-DATABRICKS_TOKEN_VAR = "BACKFILL_DATABRICKS_TOKEN"
-DATABRICKS_CLIENT_SECRET_VAR = "BACKFILL_DATABRICKS_CLIENT_SECRET"
-DATABRICKS_SECRET_VARS = (DATABRICKS_TOKEN_VAR, DATABRICKS_CLIENT_SECRET_VAR)
-
-# Settings of the assets themselves, which the step on the cluster must see exactly as the launching
-# process does (the launcher ships them as the run's environment variables; no secrets, no local paths).
-REMOTE_SETTING_VARS = (
-    "BACKFILL_DEPLOYMENT",
-    "BACKFILL_CATALOG",
-    "BACKFILL_SCHEMA",
-    "BACKFILL_SOURCE_TABLE",
-    "BACKFILL_DESTINATION_TABLE",
-    "BACKFILL_CALENDAR_TABLE",
-    "BACKFILL_START_DATE",
-    "BACKFILL_HOLIDAY_CALENDAR",
-    "BACKFILL_EXTRA_CLOSURES",
-    "BACKFILL_MAX_PARTITIONS_PER_RUN",
-)
-
-
-def remote_environment(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The non-secret settings the step on the cluster needs, as environment variables."""
-    env = os.environ if environ is None else environ
-    values = {name: env[name] for name in REMOTE_SETTING_VARS if env.get(name)}
-    values["BACKFILL_DEPLOYMENT"] = settings.deployment
-    return values
-
-
-def secret_is_set(name: str, environ: Mapping[str, str] | None = None) -> bool:
-    """Whether a secret variable is set, without ever returning its value."""
-    env = os.environ if environ is None else environ
-    return bool((env.get(name) or "").strip())
-
-
-def on_databricks_cluster(environ: Mapping[str, str] | None = None) -> bool:
-    """True inside a Databricks runtime (the runtime, and the project's emulator, set this)."""
-    env = os.environ if environ is None else environ
-    return bool(env.get("DATABRICKS_RUNTIME_VERSION"))
 
 
 def load_settings() -> Settings:

@@ -24,6 +24,7 @@ PARENT_RUN_ID = "dagster/parent_run_id"  # run retries / re-execution: the run t
 ROOT_RUN_ID = "dagster/root_run_id"  # ... and the first run of the chain
 WILL_RETRY = "dagster/will_retry"  # "true" on a failed run that run retries will retry
 MAX_RUNTIME = "dagster/max_runtime"  # seconds; run monitoring ends (fails) a run that runs longer
+DAGSTER_PREFIXES = ("dagster/", ".dagster/")  # Dagster's system and hidden tags
 
 # --- the platform's run tags --------------------------------------------------------------------
 PREFIX = "backfill_platform"
@@ -44,6 +45,15 @@ DATE_SLOT_PREFIX = f"{PREFIX}/date_slot/"
 DATE_SLOTS_STATUS = f"{PREFIX}/date_slots"
 # Set by `backfill-platform backfill` on every run it submits itself (chunked mode), to follow them.
 LAUNCH_ID = f"{PREFIX}/launch_id"
+
+
+def user_tags(tags) -> dict[str, str]:
+    """The tags a user (or a launcher's config) put on a run: neither Dagster's (``dagster/...``,
+    ``.dagster/...``: partitions, backfill, retry lineage, which Dagster sets for each run) nor the
+    platform's (``backfill_platform/...``: lineage, give-ups, date slots, which their writers set)."""
+    return {
+        key: value for key, value in tags.items() if not key.startswith((*DAGSTER_PREFIXES, f"{PREFIX}/"))
+    }
 
 
 def partition_range(tags) -> tuple[str, str] | None:

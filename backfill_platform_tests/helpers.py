@@ -3,6 +3,7 @@ the Delta tables back."""
 
 from __future__ import annotations
 
+import email
 from collections.abc import Sequence
 
 import dagster as dg
@@ -56,8 +57,29 @@ def delta_version(spark, location) -> int | None:
     return location.latest_version(spark) if location.exists(spark) else None
 
 
+class SmtpSink:
+    """An aiosmtpd handler that keeps what it receives (a real SMTP server: :func:`smtp_server`)."""
+
+    def __init__(self):
+        self.messages: list[email.message.Message] = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+        self.messages.append(email.message_from_bytes(envelope.content))
+        return "250 OK"
+
+
+def smtp_server(sink: SmtpSink, port: int, **kwargs):
+    """A started aiosmtpd server on 127.0.0.1:port (stop it with ``.stop()``)."""
+    from aiosmtpd.controller import Controller
+
+    controller = Controller(sink, hostname="127.0.0.1", port=port, **kwargs)
+    controller.start()
+    return controller
+
+
 __all__: Sequence[str] = [
     "BUSINESS_DAYS",
+    "SmtpSink",
     "TEST_DEFS",
     "TEST_SETTINGS",
     "business_calendar",
@@ -67,5 +89,6 @@ __all__: Sequence[str] = [
     "materialize_destination",
     "rows_per_date",
     "seed_source",
+    "smtp_server",
     "table_rows",
 ]

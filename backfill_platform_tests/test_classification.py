@@ -39,7 +39,7 @@ from backfill_platform.classification import (
 )
 from backfill_platform.resources.databricks_failures import ERROR_TYPES, api_failure, run_failure
 from backfill_platform.retrying import RetrySchedule
-from backfill_platform.sensors.failures import FailedRun, final_dates
+from backfill_platform.sensors.failures import LOGIC_FINAL, RANGE_WIDE_LOGIC_FINAL, FailedRun, final_dates
 from backfill_platform.settings import Settings, SettingsError
 
 from .conftest import free_port
@@ -455,4 +455,23 @@ def test_a_canceled_failure_is_final_for_all_its_dates():
     chunk = ("2024-03-04", "2024-03-05")
     assert final_dates(failed("canceled", chunk), Settings(), True) == (list(chunk), "canceled")
     assert final_dates(failed("canceled", chunk[:1]), Settings(), False) == (list(chunk[:1]), "canceled")
-    assert final_dates(failed("logic", chunk), Settings(), True)[0] == []  # range runs are split instead
+    assert final_dates(failed("transient", chunk), Settings(), True)[0] == []  # range runs are split instead
+
+
+def test_a_logic_error_naming_bad_dates_is_final_for_those_and_one_naming_none_for_the_whole_range():
+    """Issue 11: one failure, one decision. A logic error with bad dates is per-date (the others are
+    rerun one per run); without bad dates it is range-wide (schema drift, missing table, bad
+    configuration) and final for every date of the run at once, so the alert sensor sends one alert."""
+    chunk = ("2024-03-04", "2024-03-05", "2024-03-06")
+
+    def failed(bad_dates: tuple[str, ...], partitions: tuple[str, ...] = chunk, will_retry=False) -> FailedRun:
+        return FailedRun(
+            run_id="r1", partitions=partitions, error_class="logic", reason="x", message="",
+            bad_dates=bad_dates, rerun_attempt=0, will_retry=will_retry, timestamp=0.0,
+        )
+
+    assert final_dates(failed(("2024-03-05",)), Settings(), True) == (["2024-03-05"], LOGIC_FINAL)
+    assert final_dates(failed(()), Settings(), True) == (list(chunk), RANGE_WIDE_LOGIC_FINAL)
+    assert final_dates(failed((), chunk[:1]), Settings(), True) == (list(chunk[:1]), LOGIC_FINAL)  # per-date
+    assert final_dates(failed(()), Settings(), False) == (list(chunk), LOGIC_FINAL)  # no sensor: all final
+    assert final_dates(failed((), will_retry=True), Settings(), True) == ([], "a run retry will follow")

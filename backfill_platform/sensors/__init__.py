@@ -9,7 +9,8 @@ import dagster as dg
 
 from backfill_platform.partitions import BusinessDays
 from backfill_platform.schedules import build_business_day_schedule
-from backfill_platform.sensors.alerts import alert_notifier, build_alert_sensor
+from backfill_platform.sensors.alerts import build_alert_sensor
+from backfill_platform.sensors.notifier import alert_notifier
 from backfill_platform.sensors.rerun import build_rerun_sensor
 from backfill_platform.settings import Settings
 

@@ -21,7 +21,6 @@ part: each starts a JVM), then each test checks its own scenario:
 
 from __future__ import annotations
 
-import email
 import http.server
 import json
 import os
@@ -46,6 +45,7 @@ from backfill_platform.settings import CalendarSettings, Settings
 from .. import fault_location
 from ..conftest import ARTIFACTS, free_port, make_dagster_home, subprocess_env
 from ..faults import FaultInjector
+from ..helpers import SmtpSink, smtp_server
 
 # The scenarios run ~11 Spark runs through the queue; on a loaded 2-core machine that can take long.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -68,17 +68,6 @@ FAULTS = ",".join(
     + [f"{RETRY_KILL_DAY}=kill:1"]
     + [f"{day}=slow:{SLOW_S}" for day in [CANCEL_DAY, *CANCEL_BACKFILL_DAYS]]
 )
-
-
-class SmtpSink:
-    """A real SMTP server (aiosmtpd) on 127.0.0.1 that keeps what it receives."""
-
-    def __init__(self):
-        self.messages: list[email.message.Message] = []
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
-        self.messages.append(email.message_from_bytes(envelope.content))
-        return "250 OK"
 
 
 class WebhookSink(http.server.BaseHTTPRequestHandler):
@@ -112,10 +101,7 @@ def deployment(tmp_path_factory, spark):
     settings = Settings(data_dir=root / "data")
     home = _test_home(root / "dagster_home")
     smtp_sink = SmtpSink()
-    from aiosmtpd.controller import Controller
-
-    smtp = Controller(smtp_sink, hostname="127.0.0.1", port=free_port())
-    smtp.start()
+    smtp = smtp_server(smtp_sink, free_port())
     WebhookSink.received = []
     webhook = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WebhookSink)
     threading.Thread(target=webhook.serve_forever, daemon=True).start()
