@@ -1,44 +1,111 @@
-"""``backfill-platform restore``: roll destination_data back with Delta RESTORE (``restore.py``),
-printing what changed."""
+"""``backfill-platform restore``: roll destination_data back to an earlier Delta version or timestamp,
+the whole table (Delta RESTORE) or only the business dates in [--from, --to] (``restore.py``),
+printing what changed and recording it in the Dagster instance of ``DAGSTER_HOME``.
+
+It refuses (exit code 2, nothing changed) while destination_data runs that would overwrite the
+restore are queued or running, or a backfill still has to launch some, unless ``--force``. It works
+on an embedded Spark and on a Spark Connect server (``BACKFILL_SPARK_REMOTE``): only Delta SQL.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from backfill_platform.cli.common import EXIT_OK, EXIT_USAGE, CommandContext, say
+from backfill_platform.cli.common import EXIT_OK, EXIT_USAGE, CommandContext, UsageError, add_range_arguments, say
 from backfill_platform.resources import local_resources
-from backfill_platform.restore import RestoreError, restore_destination
+from backfill_platform.restore import (
+    RestoreError,
+    WorkInFlight,
+    apply_dagster_update,
+    commit_restore,
+    destination_work_in_flight,
+    plan_dagster_update,
+    plan_restore,
+)
 from backfill_platform.settings import SettingsError
 
 
 def add_command(commands) -> None:
     parser = commands.add_parser(
-        "restore", help="roll destination_data back to an earlier Delta version or timestamp (Delta RESTORE)"
+        "restore",
+        help="roll destination_data (or only the business dates in [--from, --to]) back to an earlier Delta "
+        "version or timestamp",
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--version", type=int, metavar="N", help="Delta version to restore")
-    target.add_argument("--timestamp", metavar="T", help="restore the version current at T (e.g. 2025-11-20T14:30:00)")
+    target.add_argument(
+        "--timestamp", metavar="T",
+        help="restore the version current at T: ISO 8601, e.g. 2025-11-20T14:30:00+01:00; without an offset, UTC",
+    )
+    add_range_arguments(parser, required=False)
     parser.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+    parser.add_argument(
+        "--force", action="store_true",
+        help="restore even while destination_data runs are queued or running (they may overwrite the restore)",
+    )
     parser.set_defaults(handler=cmd_restore)
 
 
 def cmd_restore(context: CommandContext, args: argparse.Namespace) -> int:
     settings = context.settings
     if settings.deployment != "local":
+        # The launching process of the Databricks deployment has no Spark session on the workspace:
+        # its tables are Unity Catalog names that only the cluster's session reaches.
+        table = ".".join((settings.tables.catalog, settings.tables.schema, settings.tables.destination_table))
         raise SettingsError(
-            "restore runs against the local deployment's tables; on Databricks run "
-            "RESTORE TABLE <catalog.schema.destination_data> TO VERSION AS OF <N> in a notebook or SQL editor."
+            "restore needs a Spark session that reaches the tables, which BACKFILL_DEPLOYMENT=databricks only has "
+            f"on the cluster: run RESTORE TABLE {table} TO VERSION AS OF <N> in a notebook or the SQL editor."
         )
+    if (args.date_from is None) != (args.date_to is None):
+        raise UsageError("give both --from and --to (restore only those business dates), or neither (the whole table)")
+    dates = None if args.date_from is None else context.business_days.between(args.date_from, args.date_to)
+
+    instance = context.instance
+    in_flight = destination_work_in_flight(instance, context.business_days, dates)
+    if in_flight and not (args.force or args.dry_run):
+        return refuse("destination_data work in flight would overwrite the restore:", in_flight)
+
     resources = local_resources(settings)
-    spark = resources["pyspark"].spark_session
+    spark, destination = resources["pyspark"].spark_session, resources["tables"].destination
     try:
-        report = restore_destination(
-            spark, resources["tables"].destination, version=args.version, timestamp=args.timestamp, dry_run=args.dry_run
-        )
+        report = plan_restore(spark, destination, version=args.version, timestamp=args.timestamp, dates=dates)
     except RestoreError as error:
         print(f"backfill-platform: error: {error} Nothing was changed.", file=sys.stderr)
         return EXIT_USAGE
+    update = plan_dagster_update(instance, context.business_days.partitions_def, report)
+    if update.wipes and dates is not None:
+        # rebuilding the partition status forgets which dates every unfinished run is writing
+        in_flight = destination_work_in_flight(instance, context.business_days)
+        if in_flight and not (args.force or args.dry_run):
+            return refuse(
+                f"recording {', '.join(update.missing)} as missing rebuilds destination_data's partition status in "
+                "Dagster, which would forget this work in flight:",
+                in_flight,
+            )
+    if in_flight and args.dry_run:
+        say("Note: a real restore would be refused now (or need --force); work in flight:")
+    elif in_flight:
+        say("Restoring despite work in flight (--force); it may overwrite the restored dates:")
+    for line in in_flight.lines():
+        say(line)
+
+    if not args.dry_run:
+        report = commit_restore(spark, destination, report)
     for line in report.lines():
         say(line)
+    if not args.dry_run:
+        apply_dagster_update(instance, update, report)
+    for line in update.lines(dry_run=args.dry_run):
+        say(line)
     return EXIT_OK
+
+
+def refuse(reason: str, in_flight: WorkInFlight) -> int:
+    print(
+        f"backfill-platform: error: {reason}\n" + "\n".join(in_flight.lines())
+        + "\nWait for it to finish or cancel it (UI: Runs / Overview > Backfills), or repeat with --force. "
+        "Nothing was changed.",
+        file=sys.stderr,
+    )
+    return EXIT_USAGE

@@ -29,12 +29,12 @@ import dagster as dg
 from backfill_platform import dagster_internals
 from backfill_platform import tags as platform_tags
 from backfill_platform.partitions import BusinessDays
+from backfill_platform.sensors.failures import targets_destination
 from backfill_platform.tags import (
     BACKFILL as BACKFILL_TAG,
 )
 from backfill_platform.tags import (
     DESTINATION,
-    DESTINATION_JOB,
 )
 from backfill_platform.tags import (
     PARENT_RUN_ID as PARENT_RUN_TAG,
@@ -299,12 +299,6 @@ def run_url(ui_url: str, run_id: str) -> str:
     return f"{ui_url.rstrip('/')}/runs/{run_id}"
 
 
-def _targets_destination(run: dg.DagsterRun) -> bool:
-    if run.asset_selection:
-        return DESTINATION in run.asset_selection
-    return run.job_name == DESTINATION_JOB
-
-
 def planned_run_ids(instance: dg.DagsterInstance) -> set[str]:
     """Runs that planned to materialize destination_data (Dagster logs ASSET_MATERIALIZATION_PLANNED
     for each asset a run targets when the run is created, whatever the job: backfill runs,
@@ -375,7 +369,7 @@ def destination_runs(
     attempts = []
     for record in instance.get_run_records(filters=dg.RunsFilter(), order_by="create_timestamp", ascending=True):
         run = record.dagster_run
-        if run.run_id not in planned and not _targets_destination(run):
+        if run.run_id not in planned and not targets_destination(run, instance):
             continue
         partition_keys = tuple(business_days.run_keys(run.tags))
         if not partition_keys or (wanted is not None and not wanted.intersection(partition_keys)):
