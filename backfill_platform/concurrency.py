@@ -18,6 +18,11 @@ run in parallel. Default 128 slots: a backfill chunk of 60 business days spans a
 A run spanning more calendar days (only possible by hand) is not protected and is tagged
 ``backfill_platform/date_slots=unprotected`` with an engine event saying so.
 
+At submission it also refuses a run whose config configures the deployment's resources
+(``resources/guard.py``): the run ends FAILURE with the reason (a logic error) and never starts.
+``explain_partition_key`` says why a key is not a partition, for the guard that ``instance.py``
+installs against holiday keys in asset backfills.
+
 Everything else (``max_concurrent_runs``, other tag limits, pools) is the queued coordinator's own.
 """
 
@@ -31,8 +36,9 @@ from typing import Any
 import dagster as dg
 from dagster import Field, IntSource
 
-from backfill_platform.partitions import BusinessDays
-from backfill_platform.settings import load_settings
+from backfill_platform.partitions import BusinessDays, InvalidPartitionDateError
+from backfill_platform.resources.guard import overridden_resources, override_message
+from backfill_platform.settings import SettingsError, load_settings
 from backfill_platform.tags import DATE_SLOT_PREFIX, DATE_SLOTS_STATUS
 
 DEFAULT_PARTITION_SLOTS = 128
@@ -49,6 +55,24 @@ def date_slot_tags(tags: Mapping[str, str], slots: int, business_days: BusinessD
     if (dates[-1] - dates[0]).days >= slots:
         return {DATE_SLOTS_STATUS: "unprotected"}
     return {slot_key(day, slots): day.isoformat() for day in dates}
+
+
+@functools.cache
+def _business_days() -> BusinessDays:
+    return BusinessDays.from_settings(load_settings().calendar)
+
+
+def explain_partition_key(key: str) -> str | None:
+    """Why ``key`` is not a business-day partition ("2024-07-04 (Thursday): holiday: Independence Day:
+    not a business day, ..."), or None when this process cannot tell."""
+    try:
+        _business_days().parse_date(key)
+    except InvalidPartitionDateError as reason:
+        return str(reason)
+    except SettingsError:
+        return None
+    return None
+
 
 
 class PartitionSlotRunCoordinator(dg.QueuedRunCoordinator):
@@ -87,11 +111,11 @@ class PartitionSlotRunCoordinator(dg.QueuedRunCoordinator):
     def partition_slots(self) -> int:
         return self._partition_slots
 
-    @functools.cached_property
+    @property
     def business_days(self) -> BusinessDays:
         """The calendar of this instance's code location (the daemon's / webserver's environment),
         built on the first submission, not when the instance loads."""
-        return BusinessDays.from_settings(load_settings().calendar)
+        return _business_days()
 
     def get_run_queue_config(self):
         config = super().get_run_queue_config()
@@ -103,6 +127,10 @@ class PartitionSlotRunCoordinator(dg.QueuedRunCoordinator):
 
     def submit_run(self, context: dg.SubmitRunContext) -> dg.DagsterRun:
         run = context.dagster_run
+        overridden = overridden_resources(run.run_config)
+        if overridden:  # refused: the run ends here, before any process starts (resources/guard.py)
+            self._instance.report_run_failed(run, message=override_message(overridden))
+            return self._instance.get_run_by_id(run.run_id) or run
         extra = date_slot_tags(run.tags, self._partition_slots, self.business_days)
         if extra:
             self._instance.add_run_tags(run.run_id, extra)

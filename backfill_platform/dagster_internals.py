@@ -46,6 +46,22 @@ replace it.
     public replacement: the webserver's GraphQL ``launchRunReexecution(reexecutionParams: {parentRunId,
     strategy: FROM_FAILURE})``; Dagster has no public Python API for it
 
+:func:`refuse_unknown_partition_keys_in_asset_backfills` (an UPSTREAM WORKAROUND)
+    internal used: ``AssetBackfillData.from_asset_partitions`` (wrapped, in every process that loads
+    the instance: ``instance.py`` installs it when Dagster imports the instance class)
+    why: Dagster maps a partition key that its time-window definition excludes (a holiday) to the
+    next partition: ``launchPartitionBackfill(partitionNames: ["2024-07-04"])`` is accepted and
+    materializes 2024-07-05 (``TimeWindowPartitionsSubset.with_partition_keys``). The wrapper refuses
+    such keys with the reason, before the backfill is stored.
+    public replacement: none; remove the wrapper once Dagster rejects excluded keys itself
+    (``test_dagster_internals.py`` has the reproduction, and fails when Dagster fixes it)
+
+:func:`instance_config_defaults`
+    internal used: ``InstanceRef.config_defaults``
+    why: Dagster asks a custom ``instance_class`` (``instance.py``) for its storage defaults; these
+    are Dagster's own
+    public replacement: none (``instance_class`` has no public base with the defaults)
+
 Public APIs used instead of internals elsewhere: ``dg.DagsterRunStatus``, ``dg.RunsFilter``,
 ``dg.DagsterRun``, ``dg.AssetPartitionStatus``, ``dg.DagsterUnknownPartitionError``,
 ``dg.partition_loading_context``, ``dg.QueuedRunCoordinator``, ``dg.SubmitRunContext``; daemon
@@ -55,8 +71,9 @@ liveness from ``instance.get_daemon_heartbeats()``; the daemon started as ``dags
 from __future__ import annotations
 
 import contextlib
+import datetime
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -244,3 +261,51 @@ __all__ = [
     "sensor_is_running",
     "store_asset_backfill",
 ]
+
+
+def instance_config_defaults(base_dir: str):
+    """Dagster's default storage classes for an instance in ``base_dir``."""
+    from dagster._core.instance.ref import InstanceRef
+
+    return InstanceRef.config_defaults(base_dir)
+
+
+# --- UPSTREAM WORKAROUND: excluded partition keys in asset backfills ---------------------------------
+# Reproduction (dagster 1.13.x):
+#   pd = dg.DailyPartitionsDefinition(start_date="2024-01-01", exclusions=[dt.datetime(2024, 7, 4)])
+#   list(pd.subset_with_partition_keys(["2024-07-04"]).get_partition_keys())  # ['2024-07-05']
+# The webserver's launchPartitionBackfill builds the backfill's target with it, so its own
+# PartitionKeysNotFoundError check sees only 2024-07-05 and the backfill runs the wrong day.
+
+
+def refuse_unknown_partition_keys_in_asset_backfills(explain: Callable[[str], str | None]) -> None:
+    """Make every asset backfill created by partition names (the UI's launcher, GraphQL
+    ``launchPartitionBackfill``) refuse a name that is not a partition of a selected asset, with
+    ``explain(key)`` (e.g. "2024-07-04 (Thursday): holiday: Independence Day") in the message.
+    Installing it twice is harmless."""
+    from dagster._core.execution.asset_backfill import AssetBackfillData
+
+    original = AssetBackfillData.from_asset_partitions.__func__
+    if getattr(original, "_refuses_unknown_keys", False):
+        return
+
+    def from_asset_partitions(cls, asset_graph, partition_names, asset_selection, dynamic_partitions_store,
+                              backfill_start_timestamp, all_partitions):
+        if partition_names:
+            when = datetime.datetime.fromtimestamp(backfill_start_timestamp, tz=datetime.timezone.utc)
+            with dg.partition_loading_context(when, dynamic_partitions_store):
+                for key in asset_selection:
+                    partitions_def = asset_graph.get(key).partitions_def
+                    unknown = [name for name in partition_names
+                               if partitions_def is not None and not partitions_def.has_partition_key(name)]
+                    if unknown:
+                        reasons = "; ".join((explain(name) or name).rstrip(".") for name in unknown[:10])
+                        raise dg.DagsterUnknownPartitionError(
+                            f"Not a partition of {key.to_user_string()}, so the backfill was not created: "
+                            f"{reasons}. Pick business days (the partition picker only offers those)."
+                        )
+        return original(cls, asset_graph, partition_names, asset_selection, dynamic_partitions_store,
+                        backfill_start_timestamp, all_partitions)
+
+    from_asset_partitions._refuses_unknown_keys = True
+    AssetBackfillData.from_asset_partitions = classmethod(from_asset_partitions)

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 
@@ -59,8 +60,14 @@ def graphql(port: int, query: str, variables: dict | None = None) -> dict:
         data=json.dumps({"query": query, "variables": variables or {}}).encode(),
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        body = json.load(response)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as error:  # the webserver answers a PythonError result with HTTP 500
+        text = error.read()
+        body = json.loads(text) if text.startswith(b"{") else {}
+        if "data" not in body:
+            raise AssertionError(f"GraphQL answered HTTP {error.code}: {text[:2000]!r}") from None
     assert "errors" not in body, body
     return body["data"]
 
@@ -82,6 +89,16 @@ mutation Launch($params: LaunchBackfillParams!) {
     ... on LaunchBackfillSuccess { backfillId }
     ... on PythonError { message }
     ... on PartitionKeysNotFoundError { message }
+  }
+}"""
+
+LAUNCH_RUN = """
+mutation LaunchRun($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
   }
 }"""
 
@@ -111,6 +128,22 @@ def test_web_ui_partition_backfill_launcher(spark, deployment, tmp_path):
                 return False
 
         wait_until(server_up, 120, "the webserver to answer")
+        # The API is the first door: a holiday or weekend key is refused with the reason, not moved to
+        # the next business day (Dagster alone maps 2024-07-04 to 2024-07-05: dagster_internals.py).
+        refused = graphql(port, LAUNCH, {"params": {
+            "assetSelection": [{"path": ["destination_data"]}], "partitionNames": ["2024-07-04", "2024-07-06"],
+        }})["launchPartitionBackfill"]
+        assert refused["__typename"] == "PythonError", refused
+        assert "2024-07-04 (Thursday): holiday: Independence Day" in refused["message"], refused
+        assert "2024-07-06 (Saturday): weekend" in refused["message"], refused
+        # Run config cannot point the write elsewhere: the run is refused at submission and never starts.
+        redirected = graphql(port, LAUNCH_RUN, {"params": {
+            "selector": {"repositoryLocationName": "backfill_platform", "repositoryName": "__repository__",
+                         "jobName": "destination_data_job"},
+            "runConfigData": {"resources": {"tables": {"config": {"destination_table": "stolen"}}}},
+            "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "2024-07-01"}]},
+        }})["launchRun"]
+        assert redirected["__typename"] == "LaunchRunSuccess", redirected
         launched = graphql(port, LAUNCH, {"params": {
             "assetSelection": [{"path": ["destination_data"]}],
             "partitionNames": keys,
@@ -129,6 +162,14 @@ def test_web_ui_partition_backfill_launcher(spark, deployment, tmp_path):
     assert status["status"] == "COMPLETED_SUCCESS", (tmp_path / "daemon.log").read_text()[-3000:]
     assert [run["status"] for run in status["runs"]] == ["SUCCESS"]  # 5 dates <= 60 per run: one run
     assert rows_per_date(spark, resources["tables"].destination) == {key: 10 for key in keys}
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert len(instance.get_backfills()) == 1  # the refused holiday backfill was never stored
+        refused_run_id = redirected["run"]["runId"]
+        assert instance.get_run_by_id(refused_run_id).status == dg.DagsterRunStatus.FAILURE
+        failure = instance.all_logs(refused_run_id, of_type=dg.DagsterEventType.RUN_FAILURE)[-1]
+        assert "[logic: run config configures the deployment's resources]" in failure.message
+        assert instance.all_logs(refused_run_id, of_type=dg.DagsterEventType.RUN_START) == []
+    assert not (settings.data_dir / "warehouse" / "backfill_demo" / "stolen").exists()
 
 
 @pytest.mark.slow

@@ -19,16 +19,17 @@ import dagster as dg
 
 from backfill_platform import backfills, launch, tags
 from backfill_platform.assets.destination_config import destination_run_config
-from backfill_platform.checks import DESTINATION_EXPECTATIONS, ExpectationConfigError, with_policies
 from backfill_platform.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     CommandContext,
     UsageError,
     add_range_arguments,
+    positive_seconds,
     say,
 )
 from backfill_platform.cli.reports import add_selection_arguments, build_plan
+from backfill_platform.expectations import DESTINATION_EXPECTATIONS, ExpectationConfigError, with_policies
 from backfill_platform.jobs import run_timeout_tags
 from backfill_platform.processes import KeepDaemon
 
@@ -39,7 +40,7 @@ def add_command(commands) -> None:
         help="launch a Dagster backfill of destination_data over the business days in [--from, --to]",
     )
     add_range_arguments(parser, required=True)
-    parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait (default 6 h)")
+    parser.add_argument("--timeout", type=positive_seconds, default=6 * 3600, help="seconds to wait (default 6 h)")
     add_selection_arguments(parser)
     parser.add_argument("--tags", action="append", default=[], metavar="KEY=VALUE", help="run tags (repeatable)")
     parser.add_argument(
@@ -61,6 +62,11 @@ def parse_tags(items: Sequence[str]) -> dict[str, str]:
             raise UsageError(f"--tags {item!r}: use KEY=VALUE, e.g. --tags team=risk")
         if key.startswith("dagster/"):
             raise UsageError(f"--tags {item!r}: keys starting with 'dagster/' are Dagster's own; pick another key")
+        if key.startswith(f"{tags.PREFIX}/"):
+            raise UsageError(
+                f"--tags {item!r}: keys starting with '{tags.PREFIX}/' are the platform's own (rerun lineage, "
+                "give-ups, date slots); pick another key"
+            )
         parsed[key] = value
     return parsed
 
@@ -106,9 +112,9 @@ def check_prerequisites(prerequisites, args, run_config) -> None:
 
 def cmd_backfill(context: CommandContext, args: argparse.Namespace) -> int:
     keys = context.business_days.between(args.date_from, args.date_to)
-    home, instance = context.home, context.instance
-    run_tags = parse_tags(args.tags)
+    run_tags = parse_tags(args.tags)  # all input is checked before the instance is opened
     run_config = backfill_run_config(args)
+    home, instance = context.home, context.instance
     plan = build_plan(context, dt.date.fromisoformat(keys[0]), dt.date.fromisoformat(keys[-1]), args)
     if not plan.selected_keys:
         say(

@@ -22,6 +22,7 @@ from backfill_platform.cli.common import (
     CommandContext,
     UsageError,
     add_range_arguments,
+    positive_seconds,
     say,
 )
 from backfill_platform.processes import KeepDaemon, daemon_is_running
@@ -36,7 +37,7 @@ def add_command(commands) -> None:
     add_range_arguments(parser, required=False)
     parser.add_argument("--dry-run", action="store_true", help="list what would be re-executed; launch nothing")
     parser.add_argument("--no-wait", action="store_true", help="submit the re-executions and return")
-    parser.add_argument("--timeout", type=float, default=6 * 3600, help="seconds to wait (default 6 h)")
+    parser.add_argument("--timeout", type=positive_seconds, default=6 * 3600, help="seconds to wait (default 6 h)")
     parser.set_defaults(handler=cmd_repair)
 
 

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import socket
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -41,20 +42,53 @@ from dagster_databricks.databricks_pyspark_step_launcher import DatabricksPySpar
 from databricks.sdk.errors import DatabricksError as SdkError
 
 from backfill_platform.resources.databricks_launcher import BackfillDatabricksStepLauncher
+from backfill_platform.resources.guard import refuse_resource_overrides
 from backfill_platform.resources.spark import DeltaSparkResource
 from backfill_platform.resources.step_launcher import STEP_LAUNCHER_KEY
 from backfill_platform.resources.tables import DeltaTables
 from backfill_platform.retrying import RetrySchedule
-from backfill_platform.settings import (
-    DATABRICKS_CLIENT_SECRET_VAR,
-    DATABRICKS_TOKEN_VAR,
-    PROJECT_ROOT,
-    Settings,
-    SettingsError,
-    on_databricks_cluster,
-    remote_environment,
-    secret_is_set,
+from backfill_platform.settings import PROJECT_ROOT, Settings, SettingsError
+
+DATABRICKS_TOKEN_VAR = "BACKFILL_DATABRICKS_TOKEN"
+DATABRICKS_CLIENT_SECRET_VAR = "BACKFILL_DATABRICKS_CLIENT_SECRET"
+DATABRICKS_SECRET_VARS = (DATABRICKS_TOKEN_VAR, DATABRICKS_CLIENT_SECRET_VAR)
+
+# Settings of the assets themselves, which the step on the cluster must see exactly as the launching
+# process does (the launcher ships them as the run's environment variables; no secrets, no local paths).
+REMOTE_SETTING_VARS = (
+    "BACKFILL_DEPLOYMENT",
+    "BACKFILL_CATALOG",
+    "BACKFILL_SCHEMA",
+    "BACKFILL_SOURCE_TABLE",
+    "BACKFILL_DESTINATION_TABLE",
+    "BACKFILL_CALENDAR_TABLE",
+    "BACKFILL_START_DATE",
+    "BACKFILL_HOLIDAY_CALENDAR",
+    "BACKFILL_EXTRA_CLOSURES",
+    "BACKFILL_MAX_PARTITIONS_PER_RUN",
+    "BACKFILL_MIN_KEPT_SHARE",
 )
+
+
+def remote_environment(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The non-secret settings the step on the cluster needs, as environment variables."""
+    env = os.environ if environ is None else environ
+    values = {name: env[name] for name in REMOTE_SETTING_VARS if env.get(name)}
+    values["BACKFILL_DEPLOYMENT"] = settings.deployment
+    return values
+
+
+def secret_is_set(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a secret variable is set, without ever returning its value."""
+    env = os.environ if environ is None else environ
+    return bool((env.get(name) or "").strip())
+
+
+def on_databricks_cluster(environ: Mapping[str, str] | None = None) -> bool:
+    """True inside a Databricks runtime (the runtime, and the project's emulator, set this)."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("DATABRICKS_RUNTIME_VERSION"))
+
 
 PACKAGE_DIR = PROJECT_ROOT / "backfill_platform"
 RUN_NAME = "backfill_platform destination_data"
@@ -361,6 +395,7 @@ def databricks_step_launcher(settings: Settings) -> dg.ResourceDefinition:
     """The ``pyspark_step_launcher`` resource of the Databricks deployment."""
 
     def init(context: dg.InitResourceContext):
+        refuse_resource_overrides(context.dagster_run)  # before the workspace is contacted
         if on_databricks_cluster():
             # Inside the step on the cluster the step already runs where it should: nothing to launch.
             yield None

@@ -23,6 +23,7 @@ from typing import Any
 
 from dagster_pyspark import LazyPySparkResource
 
+from backfill_platform.resources.guard import refuse_resource_overrides
 from backfill_platform.settings import Settings
 
 SCALA_VERSION = "2.13"
@@ -137,6 +138,9 @@ class DeltaSparkResource(LazyPySparkResource):
     # sc://host:port of a warm Spark Connect server (``backfill-platform spark-server``); empty: start
     # an embedded JVM in this process.
     remote: str = ""
+
+    def setup_for_execution(self, context) -> None:
+        refuse_resource_overrides(context.dagster_run)  # before any session can start
 
     @property
     def started_session(self) -> Any:

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dagster import ConfigurableResource
+from pydantic import field_validator
 
-from backfill_platform.settings import Settings
+from backfill_platform.resources.guard import refuse_resource_overrides
+from backfill_platform.settings import IDENTIFIER, Settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +32,11 @@ class DeltaLocation:
 
     @property
     def sql_name(self) -> str:
-        """How Delta SQL names this table: ``delta.`/path``` or ``catalog.schema.table``."""
-        return f"delta.`{self.path}`" if self.path else self.name
+        """How Delta SQL names this table: ``delta.`/path``` or ```catalog`.`schema`.`table```
+        (each part a validated identifier, quoted all the same)."""
+        if self.path:
+            return f"delta.`{self.path}`"
+        return ".".join(f"`{part}`" for part in self.name.split("."))
 
     def exists(self, spark: Any) -> bool:
         if self.path:
@@ -86,6 +91,19 @@ class DeltaTables(ConfigurableResource):
     destination_table: str = "destination_data"
     calendar_table: str = "calendar"
     seed_demo_source: bool = False  # the local demo writes the source; real deployments never do
+
+    @field_validator("catalog", "schema_name", "source_table", "destination_table", "calendar_table")
+    @classmethod
+    def _identifier(cls, value: str, info) -> str:
+        """Names become folder names (path mode) and SQL identifiers: nothing like ``../x`` or ``a; DROP``."""
+        if value == "" and info.field_name == "catalog":
+            return value  # no catalog: schema.table
+        if not IDENTIFIER.fullmatch(value):
+            raise ValueError(f"{info.field_name}={value!r} is not a table identifier (letters, digits, underscores)")
+        return value
+
+    def setup_for_execution(self, context) -> None:
+        refuse_resource_overrides(context.dagster_run)
 
     @classmethod
     def from_settings(cls, settings: Settings, mode: Literal["path", "catalog"]) -> DeltaTables:

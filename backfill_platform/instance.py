@@ -1,0 +1,36 @@
+"""The project's Dagster instance class (``instance_class`` in ``dagster_home/dagster.yaml``).
+
+It is Dagster's ``DagsterInstance``, unchanged. It exists because Dagster imports the instance class
+when any process loads the instance (the webserver, the daemon, the CLI, a run worker), before it
+serves a single request, so importing this module is the one dependable place for instance-wide
+guards that must be in force in the webserver too:
+
+- an asset backfill created by partition names refuses a name that is not a business day, with the
+  reason (the UPSTREAM WORKAROUND ``dagster_internals.refuse_unknown_partition_keys_in_asset_backfills``;
+  ``concurrency.explain_partition_key`` says why a key is not a partition).
+
+The run coordinator (``concurrency.py``) is loaded lazily, on the first run submitted, so it could not
+hold this guard: the webserver can receive a ``launchPartitionBackfill`` before any submission.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from backfill_platform import dagster_internals
+from backfill_platform.concurrency import explain_partition_key
+
+dagster_internals.refuse_unknown_partition_keys_in_asset_backfills(explain_partition_key)
+
+
+class BackfillPlatformInstance(dg.DagsterInstance):
+    """``DagsterInstance``; importing its module installs the guards above."""
+
+    # What Dagster asks a custom instance class for: no settings of its own, Dagster's defaults.
+    @classmethod
+    def config_schema(cls) -> dict:
+        return {}
+
+    @staticmethod
+    def config_defaults(base_dir: str):
+        return dagster_internals.instance_config_defaults(base_dir)
