@@ -246,7 +246,8 @@ def commit_restore(spark, location: DeltaLocation, planned: RestoreReport) -> Re
     else one ``replaceWhere`` overwrite of exactly its dates with their rows at the target version."""
     version = int(planned.restored_to)
     if planned.dates is None:
-        spark.sql(f"RESTORE TABLE {location.sql_name} TO VERSION AS OF {version}").collect()
+        with location.exclusive_commit():
+            spark.sql(f"RESTORE TABLE {location.sql_name} TO VERSION AS OF {version}").collect()
     else:
         # Reading version n of the table while overwriting it is safe: Delta only marks the replaced
         # files removed. Dates without rows at version n end up empty.

@@ -198,10 +198,11 @@ def _create_destination_if_missing(spark, destination: DeltaLocation) -> None:
     # Delta SQL (not DeltaTable.createIfNotExists): it works on classic and Spark Connect sessions.
     columns = ", ".join(f"{name} {kind}" for name, kind in POSITION_COLUMNS.items())
     try:
-        spark.sql(
-            f"CREATE TABLE IF NOT EXISTS {destination.sql_name} ({columns}) USING DELTA "
-            f"PARTITIONED BY ({POSITION_DATE})"
-        )
+        with destination.exclusive_commit():
+            spark.sql(
+                f"CREATE TABLE IF NOT EXISTS {destination.sql_name} ({columns}) USING DELTA "
+                f"PARTITIONED BY ({POSITION_DATE})"
+            )
     except Exception:
         # Two runs of a fresh backfill can both find the table missing; the loser's create fails
         # with Delta's ProtocolChangedException. The table exists then, which is all we need.

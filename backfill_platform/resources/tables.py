@@ -7,7 +7,10 @@ write, and open it as a ``DeltaTable``; whether that is ``delta.`/path``` or
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,11 +62,35 @@ class DeltaLocation:
         return DeltaTable.forName(spark, self.name)
 
     def save(self, writer: Any) -> None:
-        """Finish a ``DataFrameWriter`` (format, mode and options already set) into this table."""
+        """Finish a ``DataFrameWriter`` (format, mode and options already set) into this table, one
+        writer of the table at a time on this machine (:meth:`exclusive_commit`)."""
         if self.path:
-            writer.save(self.path)
+            with self.exclusive_commit():
+                writer.save(self.path)
         else:
             writer.saveAsTable(self.name)
+
+    @contextlib.contextmanager
+    def exclusive_commit(self) -> Iterator[None]:
+        """Hold this table's cross-process commit lock (path tables on a local file system).
+
+        Delta's log store for local paths keeps two commits from taking the same version only inside
+        one JVM; every local run has its own JVM, so two runs committing at once could lose a commit.
+        An ``fcntl`` lock on a file beside the table serializes the writers of the table across the
+        processes of this machine; the kernel releases it when a holder dies. Tables by name and
+        remote paths (``dbfs:/``, ``s3://``...) rely on their catalog's or object store's commit
+        coordination instead."""
+        if not self.path or "://" in self.path or self.path.startswith("dbfs:"):
+            yield
+            return
+        table = Path(self.path)
+        table.parent.mkdir(parents=True, exist_ok=True)
+        with open(table.parent / f".{table.name}.commit.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def builder_target(self, builder: Any) -> Any:
         """Point a ``DeltaTable.createIfNotExists`` builder at this table."""
