@@ -74,7 +74,6 @@ def explain_partition_key(key: str) -> str | None:
     return None
 
 
-
 class PartitionSlotRunCoordinator(dg.QueuedRunCoordinator):
     """``QueuedRunCoordinator`` + at most one queued-and-started run per business date."""
 
