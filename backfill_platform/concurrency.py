@@ -14,9 +14,11 @@ and adds a per-unique-value limit of 1 for each of the ``partition_slots`` slot 
 share a date share that date's slot key *and* value, so the queue starts only one of them; runs with
 disjoint dates never share a (key, value) pair as long as each run spans fewer than
 ``partition_slots`` calendar days (a date's slot is unique within any such window), so they still
-run in parallel. Default 128 slots: a backfill chunk of 60 business days spans about 85 days.
-A run spanning more calendar days (only possible by hand) is not protected and is tagged
-``backfill_platform/date_slots=unprotected`` with an engine event saying so.
+run in parallel. Default 4096 slots, about eleven years: every chunk size, the README's 240-day
+chunks and ``BACKFILL_MAX_PARTITIONS_PER_RUN=all`` over a decade included. A run spanning more
+calendar days than that could not be kept apart from the runs of its dates, so it is refused at
+submission (FAILURE with the reason, a logic error) and never starts. (4096 limits cost the queue
+daemon a few milliseconds per dequeue; measured in issue 12's note.)
 
 At submission it also refuses a run whose config configures the deployment's resources
 (``resources/guard.py``): the run ends FAILURE with the reason (a logic error) and never starts.
@@ -39,21 +41,34 @@ from dagster import Field, IntSource
 from backfill_platform.partitions import BusinessDays, InvalidPartitionDateError
 from backfill_platform.resources.guard import overridden_resources, override_message
 from backfill_platform.settings import SettingsError, load_settings
-from backfill_platform.tags import DATE_SLOT_PREFIX, DATE_SLOTS_STATUS
+from backfill_platform.tags import DATE_SLOT_PREFIX
 
-DEFAULT_PARTITION_SLOTS = 128
+DEFAULT_PARTITION_SLOTS = 4096
 
 
 def slot_key(day: dt.date, slots: int) -> str:
-    return f"{DATE_SLOT_PREFIX}{day.toordinal() % slots:03d}"
+    return f"{DATE_SLOT_PREFIX}{day.toordinal() % slots:04d}"
+
+
+class RunTooLong(ValueError):
+    """A run spans more calendar days than there are date slots."""
 
 
 def date_slot_tags(tags: Mapping[str, str], slots: int, business_days: BusinessDays) -> dict[str, str]:
+    """One slot tag per business date of the run ({} for a run without dates); ``RunTooLong`` when
+    two of its dates would share a slot key."""
     dates = business_days.run_dates(tags)
     if not dates:
         return {}
-    if (dates[-1] - dates[0]).days >= slots:
-        return {DATE_SLOTS_STATUS: "unprotected"}
+    span = (dates[-1] - dates[0]).days + 1
+    if span > slots:
+        raise RunTooLong(
+            f"[logic: run spans more calendar days than the date slots] This run covers {dates[0]}..{dates[-1]}, "
+            f"{span} calendar days, and the run queue can keep runs of the same date apart only for runs of at "
+            f"most partition_slots={slots} calendar days (dagster.yaml, run_coordinator). Split the range "
+            "(backfill-platform backfill --chunk-size, BACKFILL_MAX_PARTITIONS_PER_RUN) or raise "
+            "partition_slots. Nothing was written."
+        )
     return {slot_key(day, slots): day.isoformat() for day in dates}
 
 
@@ -87,7 +102,8 @@ class PartitionSlotRunCoordinator(dg.QueuedRunCoordinator):
         schema["partition_slots"] = Field(
             IntSource,
             is_required=False,
-            description="Date-slot tag keys; must exceed the calendar span of any one run (default 128).",
+            description="Date-slot tag keys: the longest run, in calendar days, that the queue keeps apart "
+            "from other runs of its dates; longer runs are refused (default 4096, about 11 years).",
         )
         return schema
 
@@ -116,13 +132,16 @@ class PartitionSlotRunCoordinator(dg.QueuedRunCoordinator):
         built on the first submission, not when the instance loads."""
         return _business_days()
 
-    def get_run_queue_config(self):
-        config = super().get_run_queue_config()
-        slot_limits = [
-            {"key": f"{DATE_SLOT_PREFIX}{slot:03d}", "limit": 1, "value": {"applyLimitPerUniqueValue": True}}
+    @functools.cached_property
+    def _slot_limits(self) -> list[dict[str, Any]]:
+        return [
+            {"key": f"{DATE_SLOT_PREFIX}{slot:04d}", "limit": 1, "value": {"applyLimitPerUniqueValue": True}}
             for slot in range(self._partition_slots)
         ]
-        return config._replace(tag_concurrency_limits=[*config.tag_concurrency_limits, *slot_limits])
+
+    def get_run_queue_config(self):
+        config = super().get_run_queue_config()
+        return config._replace(tag_concurrency_limits=[*config.tag_concurrency_limits, *self._slot_limits])
 
     def submit_run(self, context: dg.SubmitRunContext) -> dg.DagsterRun:
         run = context.dagster_run
@@ -130,15 +149,13 @@ class PartitionSlotRunCoordinator(dg.QueuedRunCoordinator):
         if overridden:  # refused: the run ends here, before any process starts (resources/guard.py)
             self._instance.report_run_failed(run, message=override_message(overridden))
             return self._instance.get_run_by_id(run.run_id) or run
-        extra = date_slot_tags(run.tags, self._partition_slots, self.business_days)
+        try:
+            extra = date_slot_tags(run.tags, self._partition_slots, self.business_days)
+        except RunTooLong as refused:  # refused like the resource override above: never starts
+            self._instance.report_run_failed(run, message=str(refused))
+            return self._instance.get_run_by_id(run.run_id) or run
         if extra:
             self._instance.add_run_tags(run.run_id, extra)
-            if extra.get(DATE_SLOTS_STATUS) == "unprotected":
-                self._instance.report_engine_event(
-                    f"This run spans more than {self._partition_slots} calendar days: the queue cannot "
-                    "keep other runs of the same dates from running at the same time.",
-                    run,
-                )
             run = self._instance.get_run_by_id(run.run_id) or run
             context = dg.SubmitRunContext(run, context.workspace)
         return super().submit_run(context)

@@ -7,7 +7,10 @@ guards that must be in force in the webserver too:
 
 - an asset backfill created by partition names refuses a name that is not a business day, with the
   reason (the UPSTREAM WORKAROUND ``dagster_internals.refuse_unknown_partition_keys_in_asset_backfills``;
-  ``concurrency.explain_partition_key`` says why a key is not a partition).
+  ``concurrency.explain_partition_key`` says why a key is not a partition);
+- in a ``dagster-daemon run`` process, whoever started it, the instance takes the instance's daemon
+  lock or the daemon exits naming the one that serves the instance (``daemon_lock.py``): one daemon
+  per instance.
 
 The run coordinator (``concurrency.py``) is loaded lazily, on the first run submitted, so it could not
 hold this guard: the webserver can receive a ``launchPartitionBackfill`` before any submission.
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from backfill_platform import dagster_internals
+from backfill_platform import daemon_lock, dagster_internals
 from backfill_platform.concurrency import explain_partition_key
 
 dagster_internals.refuse_unknown_partition_keys_in_asset_backfills(explain_partition_key)
@@ -25,6 +28,10 @@ dagster_internals.refuse_unknown_partition_keys_in_asset_backfills(explain_parti
 
 class BackfillPlatformInstance(dg.DagsterInstance):
     """``DagsterInstance``; importing its module installs the guards above."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        daemon_lock.hold_if_daemon(self.root_directory)
 
     # What Dagster asks a custom instance class for: no settings of its own, Dagster's defaults.
     @classmethod

@@ -1,8 +1,10 @@
 """Processes the CLI and the tests start and stop: the Dagster daemon, and process groups.
 
 ``DaemonProcess`` runs ``dagster-daemon run`` for the project's workspace; ``KeepDaemon`` keeps one
-serving the instance while a command waits on it; ``stop_process_group`` ends a process started in
-its own session together with its children.
+serving the instance while a command waits on it, and stops only the daemon it started, never the
+runs that daemon launched; ``stop_process_group`` ends a process started in its own session together
+with its children (for servers the tests own). Whether a daemon serves an instance is decided by the
+daemon lock in DAGSTER_HOME (``daemon_lock.py``), not by heartbeats.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
 
+from backfill_platform.daemon_lock import LOCK_HELD_EXIT, daemon_lock_holder
 from backfill_platform.settings import PROJECT_ROOT
 
 WORKSPACE_YAML = PROJECT_ROOT / "workspace.yaml"
@@ -63,6 +65,7 @@ class DaemonProcess:
         self.workspace = Path(workspace)
         self.env = {**os.environ, **(env or {}), "DAGSTER_HOME": str(self.dagster_home)}
         self.log_path = log_path or self.dagster_home / "daemon.log"
+        self.command = [dagster_command("dagster-daemon"), "run", "-w", str(self.workspace)]
         self.process: subprocess.Popen | None = None
 
     def start(self) -> DaemonProcess:
@@ -70,7 +73,7 @@ class DaemonProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [dagster_command("dagster-daemon"), "run", "-w", str(self.workspace)],
+            self.command,
             cwd=PROJECT_ROOT,
             env=self.env,
             stdout=log,
@@ -81,7 +84,22 @@ class DaemonProcess:
         return self
 
     def stop(self, timeout_s: float = 30) -> None:
+        """Stop the daemon and everything it started (its code server, run workers, their JVMs):
+        for tests that own the whole deployment. Users' daemons stop with ``stop_daemon_only``."""
         stop_process_group(self.process, timeout_s)
+
+    def stop_daemon_only(self, timeout_s: float = 60) -> None:
+        """SIGTERM the daemon process alone (Dagster treats it as Ctrl-C). Its code server shuts down
+        once the runs it executes have ended, so runs in flight finish; SIGKILL after ``timeout_s``
+        (the code server then stops on its own when the daemon's heartbeats stop)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
     def __enter__(self) -> DaemonProcess:
         return self.start()
@@ -101,27 +119,15 @@ def initialize_instance_storage(dagster_home: Path) -> None:
         instance.get_runs(limit=1)
 
 
-def daemon_is_running(instance: dg.DagsterInstance, tolerance_s: float = 30) -> bool:
-    """Whether every daemon the instance needs sent a heartbeat in the last ``tolerance_s`` seconds."""
-    try:
-        heartbeats = instance.get_daemon_heartbeats()
-        required = instance.get_required_daemon_types()
-    except Exception:
-        return False
-    now = time.time()
-    return bool(required) and all(
-        kind in heartbeats and now - heartbeats[kind].timestamp <= tolerance_s for kind in required
-    )
-
-
 class KeepDaemon:
     """Keep one ``dagster-daemon`` serving the instance for as long as a command waits on it.
 
-    On entry it starts a daemon when none sends heartbeats; while the command waits, a background
-    check (every ``check_every_s``) starts another one if the daemon it started exited, or if the
-    daemon that was running before stopped sending heartbeats. On exit it stops the daemon it
-    started and wipes the heartbeats that daemon left, so the next command does not take the last
-    ones (up to 30 s old) for a live daemon and wait for a queue that nobody serves.
+    On entry it starts a daemon when none holds the instance's daemon lock; while the command waits,
+    a background check (every ``check_every_s``) starts another one if the daemon it started exited,
+    or if the daemon that was serving before is gone. When two commands start daemons at once, the
+    second daemon exits (``daemon_lock.LOCK_HELD_EXIT``) and its command uses the first. On exit it
+    stops the daemon it started, and only that process: runs in flight finish, queued runs and
+    backfills wait for the next daemon, and the command says so.
     """
 
     def __init__(
@@ -130,8 +136,10 @@ class KeepDaemon:
         dagster_home: Path,
         say: Callable[[str], None],
         check_every_s: float = 10.0,
+        purpose: str = "this backfill",
     ):
         self.instance = instance
+        self.purpose = purpose
         self.dagster_home = Path(dagster_home)
         self.say = say
         self.check_every_s = check_every_s
@@ -140,20 +148,25 @@ class KeepDaemon:
         self._thread: threading.Thread | None = None
 
     def check(self) -> None:
+        message = None
         if self.daemon is not None:
             code = self.daemon.process.poll()
             if code is None:
                 return
-            message = (
-                f"The dagster-daemon this command started exited with code {code} (log: "
-                f"{self.daemon.log_path}); starting another one."
-            )
-        elif daemon_is_running(self.instance):
+            if code != LOCK_HELD_EXIT:  # else it was refused because another daemon holds the instance
+                message = (
+                    f"The dagster-daemon this command started exited with code {code} (log: "
+                    f"{self.daemon.log_path}); starting another one."
+                )
+        if daemon_lock_holder(self.dagster_home) is not None:
+            self.daemon = None  # another daemon serves the instance: use that one
             return
-        elif self._thread is not None:
-            message = "The dagster-daemon serving this instance stopped sending heartbeats; starting one."
-        else:
-            message = "No dagster-daemon is running for this instance: starting one for this backfill."
+        if message is None:
+            message = (
+                "The dagster-daemon serving this instance stopped; starting one."
+                if self._thread is not None
+                else f"No dagster-daemon is running for this instance: starting one for {self.purpose}."
+            )
         self.say(message)
         self.daemon = DaemonProcess(self.dagster_home).start()
 
@@ -174,6 +187,34 @@ class KeepDaemon:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if self.daemon is not None:
-            self.daemon.stop()
-            self.instance.wipe_daemon_heartbeats()
+        if self.daemon is None or self.daemon.process.poll() is not None:
+            return
+        pid = self.daemon.process.pid
+        in_flight, waiting = unfinished_work(self.instance)
+        self.daemon.stop_daemon_only()
+        if not (in_flight or waiting):
+            return
+        parts = [f"Stopped the dagster-daemon this command started (pid {pid}), not its runs."]
+        if in_flight:
+            parts.append(
+                f"{in_flight} run(s) in flight keep running until they end (with no daemon, nothing "
+                "enforces their maximum runtime or retries them until one runs again)."
+            )
+        if waiting:
+            parts.append(
+                f"{waiting} queued run(s) and backfill(s) wait for a dagster-daemon: `make dev` or the "
+                "next backfill-platform command starts one."
+            )
+        self.say(" ".join(parts))
+
+
+def unfinished_work(instance: dg.DagsterInstance) -> tuple[int, int]:
+    """(runs in flight, queued runs + backfills still requested) in the instance."""
+    from backfill_platform import dagster_internals
+
+    in_flight = instance.get_runs_count(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
+                                dg.DagsterRunStatus.CANCELING])
+    )
+    queued = instance.get_runs_count(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]))
+    return in_flight, queued + len(dagster_internals.requested_backfills(instance))

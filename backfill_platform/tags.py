@@ -42,7 +42,6 @@ GAVE_UP_REASON = f"{PREFIX}/rerun_gave_up_reason"
 GAVE_UP_DATES = f"{PREFIX}/rerun_gave_up_dates"
 # Set by the run coordinator (concurrency.py): one tag per business date a run processes.
 DATE_SLOT_PREFIX = f"{PREFIX}/date_slot/"
-DATE_SLOTS_STATUS = f"{PREFIX}/date_slots"
 # Set by `backfill-platform backfill` on every run it submits itself (chunked mode), to follow them.
 LAUNCH_ID = f"{PREFIX}/launch_id"
 

@@ -4,7 +4,8 @@
 - ``plan`` / ``status`` (reports.py): a dry run of a backfill, and coverage and retry analytics;
 - ``restore`` (restore.py): roll the table back with Delta RESTORE;
 - ``repair`` (repair.py): re-execute failed runs from failure (a backfill's, or a date range's);
-- ``spark-server``: a warm local Spark Connect server that local runs share.
+- ``spark-server``: a warm local Spark Connect server that local runs share;
+- ``dev`` (dev.py): the Dagster UI with the instance's one daemon (``make dev``).
 
 Exit codes (common.py): 0 ok, 1 some partitions failed, 2 bad input or configuration, 3 nothing to
 report.
@@ -17,7 +18,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from backfill_platform.cli import backfill, repair, reports, restore
+from backfill_platform.cli import backfill, dev, repair, reports, restore
 from backfill_platform.cli.common import EXIT_USAGE, CommandContext, UsageError, say
 from backfill_platform.partitions import InvalidPartitionDateError
 from backfill_platform.settings import SettingsError
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=15002)
     server.set_defaults(handler=cmd_spark_server)
     reports.add_commands(commands)
+    dev.add_command(commands)
     return parser
 
 

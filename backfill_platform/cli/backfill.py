@@ -145,15 +145,15 @@ def cmd_backfill(context: CommandContext, args: argparse.Namespace) -> int:
             title=f"backfill-platform {keys[0]}..{keys[-1]}", run_config=run_config,
             tags={**run_timeout_tags(context.settings.retries), **run_tags},  # the job's own tags, too
         )
-        say(f"Launched backfill {backfill_id} (open it in the UI: dagster dev, then Overview > Backfills)")
+        say(f"Launched backfill {backfill_id} (open it in the UI: make dev, then Overview > Backfills)")
         try:
             progress = backfills.wait_for_backfill(
                 instance, backfill_id, timeout_s=args.timeout, on_progress=lambda p: say("  " + p.line())
             )
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, TimeoutError) as stop:
             say(
-                f"\nInterrupted. Backfill {backfill_id} stays in the instance"
-                + (" and resumes when a dagster-daemon runs again." if keeper.daemon else ".")
+                f"\n{stopped(stop)} Backfill {backfill_id} stays in the instance and "
+                + ("resumes when a dagster-daemon runs again." if keeper.daemon else "goes on with the running daemon.")
             )
             return EXIT_FAILED
     wall = time.monotonic() - started
@@ -179,17 +179,32 @@ def run_chunked_backfill(instance, plan, args, run_tags, run_config, started) ->
         + (", newest first" if plan.newest_first else "")
         + (f", at most {args.max_concurrent} at a time" if args.max_concurrent else "")
     )
-    launch_id = launch.launch_chunks(
-        instance, plan.runs, base_tags=run_tags, run_config=run_config, newest_first=plan.newest_first,
-        max_concurrent=args.max_concurrent, timeout_s=args.timeout,
-        on_submit=lambda run, run_id: say(
-            f"  submitted {run_id} for {run.first}..{run.last} ({len(run.keys)} day(s))"
-        ),
-    )
-    say(f"Launch {launch_id}: runs tagged {tags.LAUNCH_ID}={launch_id} (filter by it in the UI's Runs page)")
-    runs = launch.wait_for_launch(
-        instance, launch_id, timeout_s=args.timeout, on_progress=lambda line: say("  " + line)
-    )
+    submitted: list[str] = []
+
+    def on_submit(run, run_id: str) -> None:
+        submitted.append(run_id)
+        say(f"  submitted {run_id} for {run.first}..{run.last} ({len(run.keys)} day(s))")
+
+    try:
+        launch_id = launch.launch_chunks(
+            instance, plan.runs, base_tags=run_tags, run_config=run_config, newest_first=plan.newest_first,
+            max_concurrent=args.max_concurrent, timeout_s=args.timeout, on_submit=on_submit,
+        )
+        say(f"Launch {launch_id}: runs tagged {tags.LAUNCH_ID}={launch_id} (filter by it in the UI's Runs page)")
+        runs = launch.wait_for_launch(
+            instance, launch_id, timeout_s=args.timeout, on_progress=lambda line: say("  " + line)
+        )
+    except (KeyboardInterrupt, TimeoutError) as stop:
+        unsent = len(plan.runs) - len(submitted)
+        say(
+            f"\n{stopped(stop)} The {len(submitted)} run(s) submitted stay in the instance"
+            + (
+                f"; {unsent} chunk(s) were never submitted: repeat this command to submit them "
+                "(--reprocess missing skips the dates that landed or are in flight)."
+                if unsent else "."
+            )
+        )
+        return EXIT_FAILED
     failed = [run for run in runs if run.status != dg.DagsterRunStatus.SUCCESS]
     say("")
     say(
@@ -199,3 +214,8 @@ def run_chunked_backfill(instance, plan, args, run_tags, run_config, started) ->
     for run in failed:
         say(f"  FAILED {run.run_id}: {run.tags.get(tags.RANGE_START)}..{run.tags.get(tags.RANGE_END)}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def stopped(stop: BaseException) -> str:
+    """How the wait ended early: Ctrl-C or --timeout (the error says after how long)."""
+    return "Interrupted." if isinstance(stop, KeyboardInterrupt) else f"Stopped waiting: {stop}."

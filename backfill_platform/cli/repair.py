@@ -25,7 +25,8 @@ from backfill_platform.cli.common import (
     positive_seconds,
     say,
 )
-from backfill_platform.processes import KeepDaemon, daemon_is_running
+from backfill_platform.daemon_lock import daemon_lock_holder
+from backfill_platform.processes import KeepDaemon
 
 
 def add_command(commands) -> None:
@@ -95,7 +96,7 @@ def cmd_repair(context: CommandContext, args: argparse.Namespace) -> int:
         submit(instance, todo)
         say(
             "Submitted to the run queue"
-            + ("" if daemon_is_running(instance) else ": no dagster-daemon is running, start one (make dev)")
+            + ("" if daemon_lock_holder(context.home) else ": no dagster-daemon is running, start one (make dev)")
             + ". Follow them in the UI (Runs) or with `backfill-platform status`."
         )
         return EXIT_OK
@@ -104,8 +105,11 @@ def cmd_repair(context: CommandContext, args: argparse.Namespace) -> int:
         new_ids = submit(instance, todo)
         try:
             runs = repair.wait_for_runs(instance, new_ids, timeout_s=args.timeout, on_progress=lambda p: say("  " + p))
-        except TimeoutError as error:
-            say(f"{error}: they stay in the queue. Follow them in the UI (Runs) or with `backfill-platform status`.")
+        except (KeyboardInterrupt, TimeoutError) as error:
+            say(
+                f"{'Interrupted' if isinstance(error, KeyboardInterrupt) else error}: the re-executions stay in "
+                "the instance. Follow them in the UI (Runs) or with `backfill-platform status`."
+            )
             return EXIT_FAILED
     bad = [run for run in runs if run.status != dg.DagsterRunStatus.SUCCESS]
     say(f"Repair: {len(runs) - len(bad)}/{len(runs)} re-executed run(s) succeeded, wall time "
