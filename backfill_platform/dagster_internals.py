@@ -56,6 +56,16 @@ replace it.
     public replacement: none; remove the wrapper once Dagster rejects excluded keys itself
     (``test_dagster_internals.py`` has the reproduction, and fails when Dagster fixes it)
 
+:func:`wait_for_sqlite_locks` (an UPSTREAM WORKAROUND)
+    internal used: the ``create_engine`` name of Dagster's SQLite storage modules (``SQLITE_STORAGE_MODULES``),
+    wrapped in every process that loads the instance (``instance.py`` installs it when Dagster imports
+    the instance class, before any storage connects)
+    why: SQLite run and schedule storage connect with sqlite3's default 5 s busy timeout (the event log
+    uses 30 s): a write that waits longer for another process's write lock raises ``database is locked``
+    and fails the run, the UI's backfill launch, the CLI's submission or the daemon's tick
+    public replacement: none; remove once Dagster gives run and schedule storage its
+    ``SQLITE_BUSY_TIMEOUT_SECONDS`` too (``test_sqlite_load.py`` has the reproduction)
+
 :func:`instance_config_defaults`
     internal used: ``InstanceRef.config_defaults``
     why: Dagster asks a custom ``instance_class`` (``instance.py``) for its storage defaults; these
@@ -309,3 +319,86 @@ def refuse_unknown_partition_keys_in_asset_backfills(explain: Callable[[str], st
 
     from_asset_partitions._refuses_unknown_keys = True
     AssetBackfillData.from_asset_partitions = classmethod(from_asset_partitions)
+
+
+# --- UPSTREAM WORKAROUND: SQLite run and schedule storage give up on a lock after 5 s ----------------
+# Dagster 1.13.27 opens the event log's SQLite files with a 30 s busy timeout (connect_args={"timeout":
+# dagster._core.storage.sqlite.SQLITE_BUSY_TIMEOUT_SECONDS}), but SqliteRunStorage (history/runs.db: runs,
+# run tags, backfills, daemon heartbeats and cursors) and SqliteScheduleStorage (schedules/schedules.db)
+# call create_engine(conn_string, poolclass=NullPool) without it: sqlite3.connect's default of 5 s applies.
+# Reproduction (test_sqlite_load.py):
+#   holder = sqlite3.connect(f"{DAGSTER_HOME}/history/runs.db", isolation_level=None)
+#   holder.execute("BEGIN IMMEDIATE")  # another process's write transaction, open for 8 s
+#   instance.report_dagster_event(dg.DagsterEvent(event_type_value="PIPELINE_START", job_name="j"), run_id)
+#   -> after 5.0 s: sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database is locked
+#      [SQL: UPDATE runs SET status=?, ...]: the RUN_START event is stored, the run stays NOT_STARTED.
+# Under load (test_sqlite_storages_under_team_load with BACKFILL_SQLITE_BUSY_TIMEOUT_SECONDS=5) the same 5 s
+# turns runs whose step succeeded into FAILURE (their RUN_SUCCESS "UPDATE runs" locked out), fails the
+# webserver's launchPartitionBackfill (INSERT INTO bulk_actions), a CLI's run submission (the coordinator's
+# add_run_tags: the run is marked FAILURE) and the daemon's heartbeats and cursors. The wrapper gives every
+# engine of Dagster's SQLite storages one busy timeout (Dagster's own where that is longer), and checks once
+# per file and process that the file is in WAL mode (readers never block writers; Dagster creates its files
+# in WAL mode, an old file may not be).
+
+SQLITE_STORAGE_MODULES = (
+    "dagster._core.storage.runs.sqlite.sqlite_run_storage",
+    "dagster._core.storage.schedules.sqlite.sqlite_schedule_storage",
+    "dagster._core.storage.event_log.sqlite.sqlite_event_log",
+    "dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log",
+)
+_sqlite_locks = {"busy_timeout_s": 5.0}  # sqlite3.connect's default until wait_for_sqlite_locks runs
+_wal_checked: set[str] = set()  # database URLs whose journal mode this process has checked
+
+
+def wait_for_sqlite_locks(busy_timeout_s: float) -> None:
+    """Make every connection of Dagster's SQLite storages (run, event log, schedule) opened in this process
+    wait up to ``busy_timeout_s`` for another connection's write lock (or Dagster's own timeout where that
+    is longer) before it raises ``database is locked``, and keep the files in WAL mode. Installing it again
+    only changes the timeout."""
+    import importlib
+
+    _sqlite_locks["busy_timeout_s"] = float(busy_timeout_s)
+    for name in SQLITE_STORAGE_MODULES:
+        module = importlib.import_module(name)
+        if not getattr(module.create_engine, "_waits_for_sqlite_locks", False):
+            module.create_engine = _patient_sqlite_engine(module.create_engine)
+
+
+def _patient_sqlite_engine(create_engine: Callable) -> Callable:
+    import functools
+
+    import sqlalchemy
+
+    @functools.wraps(create_engine)
+    def patient_create_engine(url, *args, **kwargs):
+        if not str(url).startswith("sqlite"):
+            return create_engine(url, *args, **kwargs)
+        connect_args = dict(kwargs.pop("connect_args", None) or {})
+        connect_args["timeout"] = max(float(connect_args.get("timeout", 5.0)), _sqlite_locks["busy_timeout_s"])
+        engine = create_engine(url, *args, connect_args=connect_args, **kwargs)
+        if str(url) not in _wal_checked and "mode=memory" not in str(url):
+            sqlalchemy.event.listen(engine, "connect", functools.partial(_keep_wal, str(url)))
+        return engine
+
+    patient_create_engine._waits_for_sqlite_locks = True
+    return patient_create_engine
+
+
+def _keep_wal(url: str, dbapi_connection, _connection_record) -> None:
+    """Switch the database to WAL mode if it is not (once per file and process; a file that is busy
+    stays as it is, as Dagster alone would leave it)."""
+    import sqlite3
+
+    if url in _wal_checked:
+        return
+    _wal_checked.add(url)
+    if str(dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0]).lower() in ("wal", "memory"):
+        return
+    busy_ms = dbapi_connection.execute("PRAGMA busy_timeout").fetchone()[0]
+    try:
+        dbapi_connection.execute("PRAGMA busy_timeout = 1000")  # never hold a connection up for this
+        dbapi_connection.execute("PRAGMA journal_mode = WAL").fetchone()
+    except sqlite3.OperationalError:
+        pass
+    finally:
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")

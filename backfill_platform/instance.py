@@ -10,7 +10,15 @@ guards that must be in force in the webserver too:
   ``concurrency.explain_partition_key`` says why a key is not a partition);
 - in a ``dagster-daemon run`` process, whoever started it, the instance takes the instance's daemon
   lock or the daemon exits naming the one that serves the instance (``daemon_lock.py``): one daemon
-  per instance.
+  per instance;
+- every connection of the SQLite storages waits up to ``BACKFILL_SQLITE_BUSY_TIMEOUT_SECONDS`` (default
+  60) for another process's write lock, instead of sqlite3's 5 s for runs.db and schedules.db, and the
+  files stay in WAL mode (the UPSTREAM WORKAROUND ``dagster_internals.wait_for_sqlite_locks``): a write
+  held up by the daemon, the webserver, a CLI, the runs or a maintenance script no longer fails a run.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| ``BACKFILL_SQLITE_BUSY_TIMEOUT_SECONDS`` | ``60`` | seconds a SQLite write waits for another's lock, then fails |
 
 The run coordinator (``concurrency.py``) is loaded lazily, on the first run submitted, so it could not
 hold this guard: the webserver can receive a ``launchPartitionBackfill`` before any submission.
@@ -18,12 +26,29 @@ hold this guard: the webserver can receive a ``launchPartitionBackfill`` before 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+
 import dagster as dg
 
 from backfill_platform import daemon_lock, dagster_internals
 from backfill_platform.concurrency import explain_partition_key
+from backfill_platform.settings import _parse_positive_float
 
 dagster_internals.refuse_unknown_partition_keys_in_asset_backfills(explain_partition_key)
+
+SQLITE_BUSY_TIMEOUT_VARIABLE = "BACKFILL_SQLITE_BUSY_TIMEOUT_SECONDS"
+DEFAULT_SQLITE_BUSY_TIMEOUT_S = 60.0
+
+
+def sqlite_busy_timeout_s(environ: Mapping[str, str] | None = None) -> float:
+    """``BACKFILL_SQLITE_BUSY_TIMEOUT_SECONDS`` (a number of seconds > 0), default 60; a bad value is a
+    ``SettingsError`` naming the variable, raised when the instance loads."""
+    value = (os.environ if environ is None else environ).get(SQLITE_BUSY_TIMEOUT_VARIABLE, "").strip()
+    return _parse_positive_float(SQLITE_BUSY_TIMEOUT_VARIABLE, value) if value else DEFAULT_SQLITE_BUSY_TIMEOUT_S
+
+
+dagster_internals.wait_for_sqlite_locks(sqlite_busy_timeout_s())
 
 
 class BackfillPlatformInstance(dg.DagsterInstance):

@@ -168,7 +168,7 @@ def cmd_backfill(context: CommandContext, args: argparse.Namespace) -> int:
     say(f"  wall time:            {wall:.1f} s")
     say(f"  table:                {context.defs.resources['tables'].destination}")
     if failed or progress.status != "COMPLETED_SUCCESS":
-        say("Some partitions did not land: see the failed runs in the UI (dagster dev) for their errors.")
+        say("Some partitions did not land: see the failed runs in the UI (make dev) for their errors.")
         return EXIT_FAILED
     return EXIT_OK
 
