@@ -105,11 +105,9 @@ def is_daemon_process(argv: list[str] | None = None) -> bool:
     return program.name == "dagster-daemon" or program.parts[-2:] == ("_daemon", "__main__.py")
 
 
-def hold_if_daemon(home: str | os.PathLike | None) -> None:
-    """In a ``dagster-daemon run`` process, take the lock or exit with ``LOCK_HELD_EXIT`` and the
-    reason on stderr; elsewhere, nothing."""
-    if home is None or not is_daemon_process():
-        return
+def hold_daemon_lock_or_exit(home: str | os.PathLike) -> None:
+    """Take the lock (in a ``dagster-daemon run`` process) or exit with ``LOCK_HELD_EXIT`` and the
+    reason on stderr."""
     try:
         hold_daemon_lock(home)
     except DaemonAlreadyRunning as refused:

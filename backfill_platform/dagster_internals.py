@@ -66,6 +66,13 @@ replace it.
     public replacement: none; remove once Dagster gives run and schedule storage its
     ``SQLITE_BUSY_TIMEOUT_SECONDS`` too (``test_sqlite_load.py`` has the reproduction)
 
+:func:`set_backfill_daemon_interval` (an UPSTREAM WORKAROUND)
+    internal used: ``dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS`` (set in the daemon
+    process by ``instance.py`` before the daemon's loops start)
+    why: the backfill daemon evaluates backfills every 30 s, hard-coded; a backfill launched from the
+    UI or the CLI waits up to 30 s to submit its first runs, and again for every later step
+    public replacement: none; remove once the backfill daemon's interval is an instance setting
+
 :func:`instance_config_defaults`
     internal used: ``InstanceRef.config_defaults``
     why: Dagster asks a custom ``instance_class`` (``instance.py``) for its storage defaults; these
@@ -75,7 +82,7 @@ replace it.
 Public APIs used instead of internals elsewhere: ``dg.DagsterRunStatus``, ``dg.RunsFilter``,
 ``dg.DagsterRun``, ``dg.AssetPartitionStatus``, ``dg.DagsterUnknownPartitionError``,
 ``dg.partition_loading_context``, ``dg.QueuedRunCoordinator``, ``dg.SubmitRunContext``; daemon
-liveness from ``instance.get_daemon_heartbeats()``; the daemon started as ``dagster-daemon run``.
+whether a daemon runs from the daemon lock (``daemon_lock.py``); the daemon started as ``dagster-daemon run``.
 """
 
 from __future__ import annotations
@@ -402,3 +409,19 @@ def _keep_wal(url: str, dbapi_connection, _connection_record) -> None:
         pass
     finally:
         dbapi_connection.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+
+
+# --- UPSTREAM WORKAROUND: the backfill daemon's 30 s loop is hard-coded -------------------------------
+# Dagster 1.13.27, dagster/_daemon/backfill.py, execute_backfill_iteration_loop:
+#   from dagster._daemon.controller import DEFAULT_DAEMON_INTERVAL_SECONDS   # 30, read when the loop starts
+#   ... shutdown_event.wait(max(0, DEFAULT_DAEMON_INTERVAL_SECONDS - loop_duration))
+# No dagster.yaml setting reaches it (backfills: has use_threads/num_workers only). The same constant is
+# the asset daemon's default minimum interval (unused here: no automation conditions).
+
+
+def set_backfill_daemon_interval(seconds: float) -> None:
+    """Make the backfill daemon of this process evaluate backfills every ``seconds`` (call before the
+    daemon's loops start)."""
+    from dagster._daemon import controller
+
+    controller.DEFAULT_DAEMON_INTERVAL_SECONDS = seconds

@@ -14,11 +14,16 @@ guards that must be in force in the webserver too:
 - every connection of the SQLite storages waits up to ``BACKFILL_SQLITE_BUSY_TIMEOUT_SECONDS`` (default
   60) for another process's write lock, instead of sqlite3's 5 s for runs.db and schedules.db, and the
   files stay in WAL mode (the UPSTREAM WORKAROUND ``dagster_internals.wait_for_sqlite_locks``): a write
-  held up by the daemon, the webserver, a CLI, the runs or a maintenance script no longer fails a run.
+  held up by the daemon, the webserver, a CLI, the runs or a maintenance script no longer fails a run;
+- in the daemon process, the backfill daemon evaluates backfills every
+  ``BACKFILL_DAEMON_BACKFILL_INTERVAL_SECONDS`` (default 10) instead of Dagster's hard-coded 30 (the
+  UPSTREAM WORKAROUND ``dagster_internals.set_backfill_daemon_interval``): a backfill's next runs are
+  submitted sooner after the previous ones end.
 
 | variable | default | meaning |
 | --- | --- | --- |
 | ``BACKFILL_SQLITE_BUSY_TIMEOUT_SECONDS`` | ``60`` | seconds a SQLite write waits for another's lock, then fails |
+| ``BACKFILL_DAEMON_BACKFILL_INTERVAL_SECONDS`` | ``10`` | seconds between backfill daemon evaluations (Dagster: 30) |
 
 The run coordinator (``concurrency.py``) is loaded lazily, on the first run submitted, so it could not
 hold this guard: the webserver can receive a ``launchPartitionBackfill`` before any submission.
@@ -39,13 +44,23 @@ dagster_internals.refuse_unknown_partition_keys_in_asset_backfills(explain_parti
 
 SQLITE_BUSY_TIMEOUT_VARIABLE = "BACKFILL_SQLITE_BUSY_TIMEOUT_SECONDS"
 DEFAULT_SQLITE_BUSY_TIMEOUT_S = 60.0
+BACKFILL_INTERVAL_VARIABLE = "BACKFILL_DAEMON_BACKFILL_INTERVAL_SECONDS"
+DEFAULT_BACKFILL_INTERVAL_S = 10.0
+
+
+def _seconds(variable: str, default: float, environ: Mapping[str, str] | None) -> float:
+    """A number of seconds > 0 from ``variable``, else ``default``; a bad value is a ``SettingsError``
+    naming the variable, raised when the instance loads."""
+    value = (os.environ if environ is None else environ).get(variable, "").strip()
+    return _parse_positive_float(variable, value) if value else default
 
 
 def sqlite_busy_timeout_s(environ: Mapping[str, str] | None = None) -> float:
-    """``BACKFILL_SQLITE_BUSY_TIMEOUT_SECONDS`` (a number of seconds > 0), default 60; a bad value is a
-    ``SettingsError`` naming the variable, raised when the instance loads."""
-    value = (os.environ if environ is None else environ).get(SQLITE_BUSY_TIMEOUT_VARIABLE, "").strip()
-    return _parse_positive_float(SQLITE_BUSY_TIMEOUT_VARIABLE, value) if value else DEFAULT_SQLITE_BUSY_TIMEOUT_S
+    return _seconds(SQLITE_BUSY_TIMEOUT_VARIABLE, DEFAULT_SQLITE_BUSY_TIMEOUT_S, environ)
+
+
+def backfill_daemon_interval_s(environ: Mapping[str, str] | None = None) -> float:
+    return _seconds(BACKFILL_INTERVAL_VARIABLE, DEFAULT_BACKFILL_INTERVAL_S, environ)
 
 
 dagster_internals.wait_for_sqlite_locks(sqlite_busy_timeout_s())
@@ -56,7 +71,9 @@ class BackfillPlatformInstance(dg.DagsterInstance):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        daemon_lock.hold_if_daemon(self.root_directory)
+        if daemon_lock.is_daemon_process():
+            daemon_lock.hold_daemon_lock_or_exit(self.root_directory)
+            dagster_internals.set_backfill_daemon_interval(backfill_daemon_interval_s())
 
     # What Dagster asks a custom instance class for: no settings of its own, Dagster's defaults.
     @classmethod

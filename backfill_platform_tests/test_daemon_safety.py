@@ -183,3 +183,30 @@ def _answers(port: int) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+@pytest.mark.slow
+def test_the_backfill_daemon_evaluates_at_the_configured_interval_and_refuses_a_bad_one(tmp_path):
+    """BACKFILL_DAEMON_BACKFILL_INTERVAL_SECONDS reaches the backfill daemon's loop (Dagster's is a
+    hard-coded 30 s); a bad value stops the daemon with the variable's name."""
+    home = make_dagster_home(tmp_path / "dagster_home")
+    initialize_instance_storage(home)
+    log = tmp_path / "daemon.log"
+    daemon = DaemonProcess(home, env={"BACKFILL_DAEMON_BACKFILL_INTERVAL_SECONDS": "1"}, log_path=log)
+    daemon.command = [*daemon.command, "--log-level", "debug"]
+    with daemon:
+        evaluations = "No backfill jobs in progress"
+        wait_until(lambda: evaluations in log.read_text(), 180, "the backfill daemon's first evaluation")
+        time.sleep(12)
+        count = log.read_text().count(evaluations)
+    assert count >= 6, count  # about one a second; Dagster's 30 s loop would log one or two
+
+    bad_log = tmp_path / "bad.log"
+    bad = DaemonProcess(home, env={"BACKFILL_DAEMON_BACKFILL_INTERVAL_SECONDS": "soon"}, log_path=bad_log).start()
+    try:
+        assert bad.process.wait(timeout=120) != 0
+    finally:
+        bad.stop()
+    assert "BACKFILL_DAEMON_BACKFILL_INTERVAL_SECONDS" in bad_log.read_text()
+    assert lock_holder(home) is None
+
