@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/dagster_home
 
-.PHONY: setup demo test test-fast lint dev daemon clean bench bench-quick chromium
+.PHONY: setup demo test test-fast lint dev daemon clean bench bench-quick chromium postgresql
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,12 +28,17 @@ demo: setup
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+## Debian's PostgreSQL server for the Postgres instance-storage tests (docs/team.md): each test starts its
+## own throwaway server on 127.0.0.1 from these binaries (initdb is in /usr/lib/postgresql/<version>/bin).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
 ## The linter (ruff, configured in pyproject.toml).
 lint: setup
 	$(BIN)/ruff check .
 
 ## The test suite (what CI runs): the linter, then every test.
-test: setup chromium lint
+test: setup chromium postgresql lint
 	$(BIN)/python -m pytest
 
 ## The fast tier for your own loop: no daemon, webserver, emulator, Spark Connect server or browser
@@ -41,9 +46,9 @@ test: setup chromium lint
 test-fast: setup lint
 	$(BIN)/python -m pytest -m "not slow"
 
-## The Dagster UI and daemon on http://127.0.0.1:3000
+## The Dagster UI on http://127.0.0.1:3000, with the instance's one daemon (started only if none runs)
 dev: setup
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/backfill-platform dev --port 3000
 
 ## Benchmark per-date vs chunked backfills through a real instance + daemon (docs/benchmark.md);
 ## writes bench/results.json and bench/results.png. Tens of minutes on a 2-core machine.
