@@ -20,6 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from backfill_platform import dagster_internals
 from backfill_platform.daemon_lock import LOCK_HELD_EXIT, daemon_lock_holder
 from backfill_platform.settings import PROJECT_ROOT
 
@@ -210,8 +211,6 @@ class KeepDaemon:
 
 def unfinished_work(instance: dg.DagsterInstance) -> tuple[int, int]:
     """(runs in flight, queued runs + backfills still requested) in the instance."""
-    from backfill_platform import dagster_internals
-
     in_flight = instance.get_runs_count(
         dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
                                 dg.DagsterRunStatus.CANCELING])
