@@ -1,8 +1,11 @@
 import datetime as dt
+import json
 
 import dagster as dg
 import pytest
 
+from backfill_platform import cli
+from backfill_platform.definitions import build_defs
 from backfill_platform.partitions import (
     BusinessCalendar,
     BusinessDays,
@@ -10,6 +13,9 @@ from backfill_platform.partitions import (
     build_business_day_partitions,
 )
 from backfill_platform.settings import CalendarSettings, Settings, SettingsError
+from backfill_platform.tags import DESTINATION
+
+from .calendars import EXCHANGE_CALENDAR
 
 DAYS = BusinessDays.from_settings(CalendarSettings())
 business_day_partitions, business_calendar_days = DAYS.partitions_def, DAYS.calendar
@@ -68,10 +74,51 @@ def test_start_date_and_extra_closures_are_configurable():
 
 
 def test_another_pandas_holiday_calendar_can_be_chosen():
-    settings = CalendarSettings(holiday_calendar="pandas.tseries.holiday:USFederalHolidayCalendar")
-    assert dt.date(2024, 7, 4) in BusinessCalendar.from_settings(settings).holidays
+    """BACKFILL_HOLIDAY_CALENDAR names a different calendar (exchange-shaped: Good Friday, no Columbus Day,
+    no Veterans Day): the code location's partitions follow it."""
+    settings = Settings.from_env({"BACKFILL_HOLIDAY_CALENDAR": EXCHANGE_CALENDAR})
+    assert settings.calendar.holiday_calendar == EXCHANGE_CALENDAR
+    graph = build_defs(settings).resolve_asset_graph()
+    keys = set(graph.get(DESTINATION).partitions_def.get_partition_keys(current_time=NOW))
+    assert {"2024-10-14", "2024-11-11", "2025-10-13", "2025-11-11"} <= keys  # Columbus, Veterans Day: open
+    assert "2024-03-29" not in keys and "2025-04-18" not in keys  # Good Friday: closed
+    assert "2024-07-04" not in keys and "2024-11-28" not in keys  # holidays both calendars have
+    assert len([k for k in keys if k.startswith("2024-")]) == 251 + 2 - 1
+    federal = set(business_day_partitions.get_partition_keys(current_time=NOW))
+    assert keys ^ federal == {
+        "2024-03-29", "2024-10-14", "2024-11-11", "2025-04-18", "2025-10-13", "2025-11-11",
+        "2026-04-03", "2026-10-12", "2026-11-11",
+    }
     with pytest.raises(SettingsError, match="BACKFILL_HOLIDAY_CALENDAR"):
         BusinessCalendar.from_settings(CalendarSettings(holiday_calendar="pandas.tseries.holiday:NoSuchCalendar"))
+
+
+def test_explain_command_follows_the_configured_calendar(monkeypatch, capsys):
+    """``backfill-platform explain DATE...`` answers from BACKFILL_HOLIDAY_CALENDAR and BACKFILL_EXTRA_CLOSURES."""
+    monkeypatch.setenv("BACKFILL_HOLIDAY_CALENDAR", EXCHANGE_CALENDAR)
+    monkeypatch.setenv("BACKFILL_EXTRA_CLOSURES", "2025-01-09=National Day of Mourning")
+    dates = ["2024-10-14", "2024-11-11", "2024-03-29", "2024-07-04", "2025-01-09", "2024-06-15", "2023-12-29"]
+    assert cli.main(["explain", *dates]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "2024-10-14 (Monday): business day: a partition of destination_data",
+        "2024-11-11 (Monday): business day: a partition of destination_data",
+        "2024-03-29 (Friday): holiday: Good Friday: not a business day, not a partition of destination_data",
+        "2024-07-04 (Thursday): holiday: Independence Day: not a business day, not a partition of destination_data",
+        "2025-01-09 (Thursday): closure: National Day of Mourning: not a business day, "
+        "not a partition of destination_data",
+        "2024-06-15 (Saturday): weekend (Saturday): not a business day, not a partition of destination_data",
+        "2023-12-29 (Friday): business day: not a partition of destination_data: "
+        "2023-12-29 is before the first partition 2024-01-01 (set BACKFILL_START_DATE to go further back).",
+    ]
+    assert cli.main(["explain", "2024-10-14", "2024-03-29", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"date": "2024-10-14", "weekday": "Monday", "business_day": True, "partition": True,
+         "reason": "business day"},
+        {"date": "2024-03-29", "weekday": "Friday", "business_day": False, "partition": False,
+         "reason": "holiday: Good Friday"},
+    ]
+    assert cli.main(["explain", "2024-13-01"]) == 2
+    assert "not a calendar date" in capsys.readouterr().err
 
 
 def test_settings_come_from_the_environment_with_clear_errors():

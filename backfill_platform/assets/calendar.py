@@ -32,7 +32,8 @@ def build_calendar_asset(calendar: BusinessCalendar) -> dg.AssetsDefinition:
         config: CalendarConfig,
     ) -> dg.MaterializeResult:
         """One row per calendar day with the seed's columns; ``us_business_or_holiday_flag`` is 'B' for a
-        business day and 'H' for a weekend, holiday or closure, and ``day_reason`` says which."""
+        business day and 'H' for a weekend, holiday or closure (BACKFILL_EXTRA_CLOSURES), ``day_reason``
+        says which, and ``holiday_name`` names the holiday or closure (NULL on other days)."""
         from pyspark.sql import functions as F
 
         pyspark, tables = context.resources.pyspark, context.resources.tables
@@ -68,6 +69,9 @@ def build_calendar_asset(calendar: BusinessCalendar) -> dg.AssetsDefinition:
                 flag.alias("us_business_or_holiday_flag"),
                 flag.alias("global_business_or_holiday_flag"),
                 reason.alias("day_reason"),
+                F.when(weekend, F.lit(None).cast("string"))
+                .otherwise(F.regexp_replace("holiday_name", "^closure: ", ""))
+                .alias("holiday_name"),
             )
             .orderBy("calendar_date")
         )

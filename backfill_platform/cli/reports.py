@@ -8,6 +8,7 @@ to report (``status`` on an instance without any destination_data run).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import sys
@@ -23,8 +24,9 @@ from backfill_platform.cli.common import (
     positive_int,
     say,
 )
+from backfill_platform.partitions import InvalidPartitionDateError, parse_iso_date
 from backfill_platform.reports.history import FAILED, destination_runs, load_history
-from backfill_platform.reports.plan import REPROCESS, Plan, make_plan
+from backfill_platform.reports.plan import REPROCESS, Plan, make_plan, read_calendar_changes
 from backfill_platform.reports.render import RENDERERS
 
 
@@ -48,6 +50,11 @@ def add_commands(commands) -> None:
     add_selection_arguments(plan)
     plan.add_argument("--format", choices=("text", "json"), default="text")
     plan.set_defaults(handler=cmd_plan)
+
+    explain = commands.add_parser("explain", help="is DATE a business day and a partition of destination_data, and why")
+    explain.add_argument("dates", nargs="+", metavar="YYYY-MM-DD")
+    explain.add_argument("--format", choices=("text", "json"), default="text")
+    explain.set_defaults(handler=cmd_explain)
 
     status = commands.add_parser("status", help="coverage, attempts and retry analytics of destination_data")
     add_range_arguments(status, required=False)
@@ -94,7 +101,39 @@ def build_plan(context: CommandContext, first: dt.date, last: dt.date, args) -> 
 def cmd_plan(context: CommandContext, args) -> int:
     first, last, _ = date_range(context, args)
     plan = build_plan(context, first, last, args)
+    # plan only (backfill builds plans too): new business days without rows, rows on dates no longer partitions
+    changes = read_calendar_changes(context.settings, context.business_days, first, last)
+    plan = dataclasses.replace(plan, calendar_changes=changes)
     say(json.dumps(plan.to_dict(), indent=2) if args.format == "json" else plan.render())
+    return EXIT_OK
+
+
+def cmd_explain(context: CommandContext, args) -> int:
+    """The current calendar's answer (BACKFILL_HOLIDAY_CALENDAR, BACKFILL_EXTRA_CLOSURES) for each date."""
+    business_days, answers = context.business_days, []
+    for value in args.dates:
+        day = parse_iso_date(value)
+        verdict = business_days.calendar.explain(day)
+        partition = business_days.partitions_def.has_partition_key(day.isoformat())
+        if partition:
+            note = "a partition of destination_data"
+        elif not verdict.is_business_day:
+            note = "not a business day, not a partition of destination_data"
+        else:
+            try:
+                business_days.parse_date(day.isoformat())
+                note = "not a partition of destination_data"
+            except InvalidPartitionDateError as error:
+                note = f"not a partition of destination_data: {error}"
+        answers.append((verdict, partition, note))
+    if args.format == "json":
+        say(json.dumps([
+            {"date": v.day.isoformat(), "weekday": f"{v.day:%A}", "business_day": v.is_business_day,
+             "partition": partition, "reason": v.reason}
+            for v, partition, _ in answers
+        ], indent=2))
+    else:
+        say("\n".join(f"{verdict}: {note}" for verdict, _, note in answers))
     return EXIT_OK
 
 
@@ -136,7 +175,9 @@ def cmd_status(context: CommandContext, args) -> int:
 
 
 def export_history(context: CommandContext, history) -> dict:
-    from backfill_platform.reports.export_log import export_log
+    """The seed's backfill_log (``reports/export_log.py``); a table in an older format is a usage error
+    (exit 2) saying what to do."""
+    from backfill_platform.reports.export_log import LogFormatError, export_log
     from backfill_platform.resources.spark import local_spark_config, start_spark_session
     from backfill_platform.resources.tables import DeltaTables
 
@@ -147,5 +188,8 @@ def export_history(context: CommandContext, history) -> dict:
         )
     location = DeltaTables.from_settings(settings, mode="path").location(settings.tables.log_table)
     spark = start_spark_session(local_spark_config(settings))
-    result = export_log(spark, location, history)
+    try:
+        result = export_log(spark, location, history, instance=context.instance)
+    except LogFormatError as error:
+        raise UsageError(str(error)) from None
     return {**result, "table": str(location)}

@@ -10,15 +10,22 @@ Days in flight (a queued/running run, or an unfinished backfill targets them) ar
 Runs are what Dagster's asset backfill does with the asset's ``BackfillPolicy.multi_run(N)``: the
 selected days, grouped in runs of consecutive partitions, at most N (``--chunk-size`` overrides it)
 partitions per run.
+
+Calendar changes (``plan`` only): the destination table's dates (from the Delta log's partition values,
+no Spark) against the current calendar's partitions, and the stored ``business_calendar`` table (the
+calendar it was last materialized with) to say why a date changed: business days now without rows (to
+backfill) and dates with rows that are no longer partitions (the user decides; nothing is deleted).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from backfill_platform.reports.delta_log import delta_partition_dates, delta_stored_calendar
 from backfill_platform.reports.history import (
     FAILED,
     IN_FLIGHT,
@@ -84,6 +91,7 @@ class Plan:
     days: tuple[DayPlan, ...]
     runs: tuple[PlannedRun, ...]
     estimate: Estimate | None
+    calendar_changes: CalendarChanges | None = None
 
     @property
     def selected_keys(self) -> list[str]:
@@ -101,6 +109,7 @@ class Plan:
             "selected": len(self.selected_keys),
             "runs": [{"first": r.first, "last": r.last, "partitions": len(r.keys)} for r in self.runs],
             "estimate": dataclasses.asdict(self.estimate) if self.estimate else None,
+            "calendar_changes": self.calendar_changes.to_dict() if self.calendar_changes else None,
         }
 
     def render(self) -> str:
@@ -121,12 +130,12 @@ class Plan:
             lines.append(self.estimate.line())
         elif self.runs:
             lines.append("no estimate: no successful destination_data run in this instance yet")
+        if self.calendar_changes:
+            lines += self.calendar_changes.render_lines()
         return "\n".join(lines)
 
 
 def _weekday(date: str) -> str:
-    import datetime as dt
-
     return f"{dt.date.fromisoformat(date):%a}"
 
 
@@ -222,4 +231,128 @@ def make_plan(
         days=days,
         runs=runs,
         estimate=estimate(past_runs, runs, concurrency),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ChangedDay:
+    date: str
+    now: str  # the current calendar's word: "business day", "closure: National Day of Mourning", ...
+    was: str | None  # the stored calendar table's day_reason (None: not in the stored table)
+
+    def line(self) -> str:
+        was = f" (was: {self.was})" if self.was and self.was != self.now else ""
+        return f"    {self.date} {_weekday(self.date)}  now {self.now}{was}"
+
+
+@dataclasses.dataclass(frozen=True)
+class CalendarChanges:
+    """Business days without rows that the stored calendar did not have as business days, and dates
+    with rows that are not partitions of the current calendar, in [first, last]."""
+
+    first: str
+    last: str
+    table: str  # how Delta SQL names the destination
+    stored_calendar: str | None  # the stored calendar table compared with, None: there is none
+    new_business_days: tuple[ChangedDay, ...]
+    stale_dates: tuple[ChangedDay, ...]
+    backfill_commands: tuple[str, ...]
+    delete_sql: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **dataclasses.asdict(self),
+            "new_business_days": [dataclasses.asdict(day) for day in self.new_business_days],
+            "stale_dates": [dataclasses.asdict(day) for day in self.stale_dates],
+        }
+
+    def render_lines(self) -> list[str]:
+        lines = [f"Calendar changes {self.first}..{self.last} (destination rows vs the current calendar):"]
+        if self.stored_calendar is None:
+            lines.append(
+                "  no stored calendar table to compare with (materialize business_calendar): new business "
+                "days cannot be told from missing ones"
+            )
+        lines.append(
+            f"  New business days without rows (to backfill): {len(self.new_business_days) or 'none'}"
+        )
+        lines += [day.line() for day in self.new_business_days]
+        lines += [f"    run: {command}" for command in self.backfill_commands]
+        lines.append(
+            "  No longer business days but rows in the table (to remove or keep: you decide; "
+            f"nothing is deleted): {len(self.stale_dates) or 'none'}"
+        )
+        lines += [day.line() for day in self.stale_dates]
+        if self.delete_sql:
+            lines.append(f"    to remove them yourself: {self.delete_sql}")
+        return lines
+
+
+def calendar_changes(
+    business_days: Any,
+    first: dt.date,
+    last: dt.date,
+    present: set[str],
+    stored: Mapping[str, tuple[str, str]] | None,
+    *,
+    all_keys: Sequence[str],
+    table: str,
+    stored_calendar: str | None,
+) -> CalendarChanges:
+    """``present``: the dates with rows in the destination; ``stored``: date -> (flag, day_reason) of
+    the stored calendar table (None when there is none)."""
+    low, high = first.isoformat(), last.isoformat()
+    keys = set(all_keys)
+    new = tuple(
+        ChangedDay(key, "a business day", stored[key][1])
+        for key in all_keys
+        if low <= key <= high and key not in present and stored and stored.get(key, ("B",))[0] != "B"
+    )
+    stale = []
+    for date in sorted(d for d in present if low <= d <= high and d not in keys):
+        verdict = business_days.calendar.explain(dt.date.fromisoformat(date))
+        now = verdict.reason if not verdict.is_business_day else "not a partition (before the start date)"
+        stale.append(ChangedDay(date, now, stored.get(date, (None, None))[1] if stored else None))
+    runs = chunk_runs([day.date for day in new], all_keys, len(all_keys))
+    dates = ", ".join(f"'{day.date}'" for day in stale)
+    return CalendarChanges(
+        first=low,
+        last=high,
+        table=table,
+        stored_calendar=stored_calendar if stored is not None else None,
+        new_business_days=new,
+        stale_dates=tuple(stale),
+        backfill_commands=tuple(f"backfill-platform backfill --from {r.first} --to {r.last}" for r in runs),
+        delete_sql=f"DELETE FROM {table} WHERE position_date IN ({dates})" if stale else None,
+    )
+
+
+def read_calendar_changes(settings: Any, business_days: Any, first: dt.date, last: dt.date) -> CalendarChanges | None:
+    """:func:`calendar_changes` of the local deployment's tables (None on Databricks: its tables are
+    read on the cluster). The Delta logs are read without Spark; Spark (one DISTINCT query) only when
+    the log cannot be followed."""
+    from backfill_platform.resources.tables import DeltaTables
+
+    if settings.deployment != "local":
+        return None
+    tables = DeltaTables.from_settings(settings, mode="path")
+    destination, calendar = tables.destination, tables.calendar
+    present = delta_partition_dates(destination.path)
+    stored = delta_stored_calendar(calendar.path)
+    if present is None or stored is None:
+        from backfill_platform.resources.spark import local_spark_config, start_spark_session
+
+        spark = start_spark_session(local_spark_config(settings))
+        if present is None:
+            query = f"SELECT DISTINCT position_date FROM {destination.sql_name} WHERE position_date IS NOT NULL"
+            present = {str(row[0]) for row in spark.sql(query).collect()} if destination.exists(spark) else set()
+        if stored is None:
+            query = f"SELECT calendar_date, us_business_or_holiday_flag, day_reason FROM {calendar.sql_name}"
+            rows = spark.sql(query).collect() if calendar.exists(spark) else []
+            stored = {row[0].isoformat(): (row[1], row[2]) for row in rows}
+    return calendar_changes(
+        business_days, first, last, present, stored or None,
+        all_keys=business_days.partitions_def.get_partition_keys(),
+        table=destination.sql_name,
+        stored_calendar=str(calendar),
     )
