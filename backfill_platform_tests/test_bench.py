@@ -65,5 +65,10 @@ def test_quick_benchmark_materializes_every_scenario(tmp_path):
     load = results["definitions_load"]
     assert load["import_defs_s"] > 0 and load["definitions_validate_s"] > 0
     assert "available" in results["rerun_sensor_tick"]
+    # the machine's floor (bench/floor.py), measured in the same invocation: bare Spark wrote the same 3 dates
+    floor = results["floor"]["10"]["partitioned"]
+    assert floor["rows"] == 30 and floor["commits"] == 1 and floor["wall_s"] > 0, floor
+    assert results["ratio_over_floor_full_range"] > 0
+    assert results["plan_2500_dates_s"] > 0 and "2016-01-01" in results["plan_2500_dates"]["first_line"]
     assert (out / "results.png").stat().st_size > 0
     assert "ratio_per_date_over_chunked" in completed.stdout  # the printed table + summary

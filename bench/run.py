@@ -38,9 +38,12 @@ warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from floor import floor_figures, floor_ratios  # noqa: E402 (bench/ is the script's directory)
+from table_size import measure_plan, measure_table_size_cost  # noqa: E402
 
 RANGE_FIRST, RANGE_LAST = "2024-01-01", "2025-11-20"  # the seed's source range: 474 business days
 PER_DATE_DATES = 60
+FLOOR_CHUNK = {False: 240, True: 3}  # the floor's commits (full, --quick): the platform's best chunking
 
 
 @dataclasses.dataclass
@@ -377,7 +380,7 @@ def plot(results: list[dict], path: Path) -> bool:
 
 
 def write_summary(args, results: list[dict], definitions_load: dict, sensor: dict | None,
-                  total_started: float) -> dict:
+                  total_started: float, floor: dict | None = None, extra: dict | None = None) -> dict:
     def best(predicate) -> dict | None:
         candidates = [r for r in results if predicate(r) and not r["error"]]
         return min(candidates, key=lambda r: r["wall_s"]) if candidates else None
@@ -404,6 +407,9 @@ def write_summary(args, results: list[dict], definitions_load: dict, sensor: dic
         "full_range_partitions": full_partitions,
         "definitions_load": definitions_load,
         "rerun_sensor_tick": sensor,
+        "floor": floor,
+        **(floor_ratios(results, floor, FLOOR_CHUNK[args.quick]) if floor else {}),
+        **(extra or {}),
         "benchmark_wall_s": round(time.monotonic() - total_started, 1),
         "scenarios": results,
     }
@@ -451,6 +457,16 @@ def main(argv: list[str] | None = None) -> int:
 
     definitions_load = measure_definitions_load()
     print(f"definitions load: {definitions_load}", flush=True)
+    # The machine's floor (bare Spark, bench/floor.py), measured in this invocation beside the scenarios.
+    full_dates = max((s.keys for s in scenarios), key=len)
+    layouts = ("partitioned",) if args.quick else ("partitioned", "clustered")
+    floor = floor_figures({rows: data_dirs[rows] for rows in data_dirs if rows in (10, 10_000)}, full_dates,
+                          FLOOR_CHUNK[args.quick], work, layouts)
+    plan_figures = measure_plan(work)
+    extra = {"plan_2500_dates": plan_figures, "plan_2500_dates_s": plan_figures["median_s"]}
+    if not args.quick:
+        extra["table_size_cost"] = measure_table_size_cost(work)
+        extra["table_size_cost_ratio"] = extra["table_size_cost"]["ratio"]
     results: list[dict] = []
     try:
         for scenario in scenarios:
@@ -475,18 +491,20 @@ def main(argv: list[str] | None = None) -> int:
                   f"phases {result['run_phase_medians_s']}" + (f", ERROR {result['error']}" if result["error"] else ""),
                   flush=True)
             results.append(result)
-            write_summary(args, results, definitions_load, None, total_started)
+            write_summary(args, results, definitions_load, None, total_started, floor, extra)
     finally:
         if server is not None:
             server.stop()
 
-    summary = write_summary(args, results, definitions_load, measure_rerun_sensor_tick(work, args.quick), total_started)
+    summary = write_summary(args, results, definitions_load, measure_rerun_sensor_tick(work, args.quick), total_started,
+                            floor, extra)
     print()
     print_table(results)
     print()
-    for key in ("ratio_per_date_over_chunked", "full_range_chunked_wall_s", "definitions_load", "rerun_sensor_tick",
-                "benchmark_wall_s"):
-        print(f"{key}: {summary[key]}")
+    for key in ("ratio_per_date_over_chunked", "full_range_chunked_wall_s", "ratio_over_floor_full_range",
+                "ratio_over_floor_large", "default_over_best_chunking", "plan_2500_dates_s", "table_size_cost_ratio",
+                "definitions_load", "rerun_sensor_tick", "benchmark_wall_s"):
+        print(f"{key}: {summary.get(key)}")
     if plot(results, args.out / "results.png"):
         print(f"plot: {args.out / 'results.png'}")
     print(f"results: {args.out / 'results.json'}")

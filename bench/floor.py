@@ -1,0 +1,126 @@
+"""The machine's floor: the same backfill as bare Spark, one process, no orchestrator (issue 13).
+
+    .venv/bin/python bench/floor.py --source DIR --dest DIR --first 2024-01-01 --last 2025-11-20 \
+        --chunk-size 240 --layout partitioned|clustered
+
+reads the source Delta table and ``replaceWhere``-overwrites its business dates into a new Delta table
+in commits of ``--chunk-size`` dates, with the platform's own local Spark settings (``local_spark_config``:
+2 shuffle / 2 snapshot partitions, the same JIT options), the table created the way the asset creates it
+(``PARTITIONED BY (position_date)``) or liquid-clustered (``CLUSTER BY (position_date)``). It prints one
+JSON line: ``process_s`` is the whole process from ``exec`` to exit (JVM start included, as each platform
+run pays its own), ``write_s`` the read+write work after the session is up.
+
+``bench/run.py`` calls :func:`measure_floor` in the same invocation as the platform's scenarios, so the
+ratios in ``results.json`` compare figures measured side by side on the same machine state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def measure_floor(source: Path, dest: Path, dates: list[str], chunk_size: int, layout: str, work: Path) -> dict:
+    """Run this script in a fresh process; its JSON line plus the wall time seen from outside."""
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, __file__, "--source", str(source), "--dest", str(dest), "--dates", ",".join(dates),
+         "--chunk-size", str(chunk_size), "--layout", layout, "--scratch", str(work / "floor-spark")],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )
+    wall = time.monotonic() - started
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return {**result, "wall_s": round(wall, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    process_started = time.monotonic()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", type=Path, required=True)
+    parser.add_argument("--dest", type=Path, required=True)
+    parser.add_argument("--dates", required=True, help="comma-separated business dates, in order")
+    parser.add_argument("--chunk-size", type=int, required=True)
+    parser.add_argument("--layout", choices=["partitioned", "clustered"], default="partitioned")
+    parser.add_argument("--scratch", type=Path, required=True)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from backfill_platform.assets.tables_schema import POSITION_COLUMNS
+    from backfill_platform.resources.spark import local_spark_config, start_spark_session
+    from backfill_platform.settings import Settings
+
+    dates = args.dates.split(",")
+    spark = start_spark_session(local_spark_config(Settings(data_dir=args.scratch)))
+    session_s = time.monotonic() - process_started
+    started = time.monotonic()
+    columns = ", ".join(f"{name} {kind}" for name, kind in POSITION_COLUMNS.items())
+    layout = "PARTITIONED BY (position_date)" if args.layout == "partitioned" else "CLUSTER BY (position_date)"
+    spark.sql(f"CREATE TABLE delta.`{args.dest}` ({columns}) USING DELTA {layout}")
+    for at in range(0, len(dates), args.chunk_size):
+        chunk = dates[at:at + args.chunk_size]
+        listed = ", ".join(f"'{day}'" for day in chunk)
+        rows = spark.read.format("delta").load(str(args.source)).where(f"position_date IN ({listed})")
+        (rows.write.format("delta").mode("overwrite").option("replaceWhere", f"position_date IN ({listed})")
+         .save(str(args.dest)))
+    write_s = time.monotonic() - started
+    rows = spark.read.format("delta").load(str(args.dest)).count()
+    spark.stop()
+    print(json.dumps({
+        "layout": args.layout, "partitions": len(dates), "chunk_size": args.chunk_size,
+        "commits": -(-len(dates) // args.chunk_size), "rows": rows,
+        "session_s": round(session_s, 2), "write_s": round(write_s, 2),
+        "process_s": round(time.monotonic() - process_started, 2),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+def floor_figures(data_dirs: dict[int, Path], dates: list[str], chunk_size: int, work: Path,
+                  layouts: tuple[str, ...] = ("partitioned", "clustered")) -> dict:
+    """The floor for each seeded rows/date option and layout: {"10": {"partitioned": {...}, ...}}."""
+    figures: dict[str, dict] = {}
+    for rows, data_dir in sorted(data_dirs.items()):
+        source = data_dir / "warehouse" / "backfill_demo" / "source_data"
+        for layout in layouts:
+            result = measure_floor(source, work / f"floor-{rows}r-{layout}", dates, chunk_size, layout, work)
+            figures.setdefault(str(rows), {})[layout] = result
+            print(f"  floor {rows} rows/date {layout}: {result}", flush=True)
+    return figures
+
+
+def floor_ratios(results: list[dict], floors: dict, chunk_size: int) -> dict:
+    """platform wall / floor wall (same dates, rows, chunking, the platform's layout: partitioned), and the
+    default chunking over the best one tried, from scenarios measured in the same invocation."""
+    def scenario(rows: int, chunk: int | None = None) -> dict | None:
+        full = max((r["partitions"] for r in results), default=0)
+        found = [r for r in results if r["scenario"] == "chunked" and r["partitions"] == full
+                 and r["rows_per_date"] == rows and not r["error"] and (chunk is None or r["chunk_size"] == chunk)]
+        return min(found, key=lambda r: r["wall_s"]) if found else None
+
+    def ratio(rows: int) -> float | None:
+        platform_run, floor_run = scenario(rows, chunk_size), floors.get(str(rows), {}).get("partitioned", {})
+        if platform_run is None or "wall_s" not in floor_run:
+            return None
+        return round(platform_run["wall_s"] / floor_run["wall_s"], 2)
+
+    from backfill_platform.settings import Settings
+
+    default_chunk = Settings().max_partitions_per_run
+    default, best = scenario(10, default_chunk), scenario(10)
+    return {
+        "ratio_over_floor_full_range": ratio(10),
+        "ratio_over_floor_large": ratio(10_000),
+        "default_over_best_chunking": round(default["wall_s"] / best["wall_s"], 2) if default and best else None,
+        "default_chunk_size": default_chunk,
+        "best_chunk_size": best["chunk_size"] if best else None,
+    }
