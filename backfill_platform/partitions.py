@@ -142,6 +142,18 @@ class BusinessDayPartitionsDefinition(dg.DailyPartitionsDefinition):
             object.__setattr__(self, "_cached_excluded", cached)
         return cached or None
 
+    def get_partition_keys(self, current_time=None, dynamic_partitions_store=None):
+        """Dagster's keys, computed once per last partition (per business day) rather than per call:
+        a command such as ``plan`` asks several times and each walk of 10 years costs ~0.08 s."""
+        if current_time is not None or dynamic_partitions_store is not None:
+            return super().get_partition_keys(current_time, dynamic_partitions_store)
+        last = self.get_last_partition_key()
+        cached = self.__dict__.get("_cached_keys")
+        if cached is None or cached[0] != last:
+            cached = (last, tuple(super().get_partition_keys()))
+            object.__setattr__(self, "_cached_keys", cached)
+        return list(cached[1])
+
     def has_partition_key(self, partition_key: str) -> bool:
         """Dagster's answer (test_partitions checks they agree), from a set of excluded dates."""
         excluded = self._excluded_dates()

@@ -171,3 +171,17 @@ def test_fast_has_partition_key_agrees_with_dagsters_own_check():
     assert ours["2024-07-05"] and not ours["2024-07-04"] and not ours["2024-07-06"] and not ours["2024-1-5"]
     assert sum(ours.values()) == len(business_day_partitions.get_partition_keys())
     assert hash(business_day_partitions) == dg.TimeWindowPartitionsDefinition.__hash__(business_day_partitions)
+
+
+def test_partition_keys_are_dagsters_computed_once_per_day():
+    """get_partition_keys is memoized per last partition (plan over 10 years asks several times): the
+    same keys as Dagster's own walk, a fresh list each call, and an explicit current_time still honoured."""
+    business_days = BusinessDays.from_settings(CalendarSettings(start_date=dt.date(2016, 1, 1)))
+    partitions_def = business_days.partitions_def
+    dagsters = dg.TimeWindowPartitionsDefinition.get_partition_keys(partitions_def)
+    first = partitions_def.get_partition_keys()
+    assert first == dagsters and len(first) > 2500
+    first.append("mutated by a caller")
+    assert partitions_def.get_partition_keys() == dagsters
+    then = dt.datetime(2024, 7, 8, 12, tzinfo=dt.timezone.utc)
+    assert partitions_def.get_partition_keys(current_time=then)[-1] == "2024-07-05"
