@@ -12,9 +12,6 @@ from pathlib import Path
 # Step retries of transient errors wait 60 s, 180 s, 420 s by default: tests (and the daemons and
 # runs they start, which inherit this environment) retry after 0.2 s. Set before the package loads.
 os.environ.setdefault("BACKFILL_STEP_RETRY_DELAY_SECONDS", "0.2")
-# The backfill daemon evaluates backfills every 10 s by default (instance.py): every 3 s in the tests'
-# daemons, which wait on it for every backfill they launch or cancel.
-os.environ.setdefault("BACKFILL_DAEMON_BACKFILL_INTERVAL_SECONDS", "3")
 
 import dagster as dg  # noqa: E402
 import pytest

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from floor import floor_figures, floor_ratios  # noqa: E402 (bench/ is the script's directory)
 from table_size import measure_plan, measure_table_size_cost  # noqa: E402
+from ui_launch import measure_ui_launch_overhead  # noqa: E402
 
 RANGE_FIRST, RANGE_LAST = "2024-01-01", "2025-11-20"  # the seed's source range: 474 business days
 PER_DATE_DATES = 60
@@ -467,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         extra["table_size_cost"] = measure_table_size_cost(work)
         extra["table_size_cost_ratio"] = extra["table_size_cost"]["ratio"]
+        extra["ui_launch"] = measure_ui_launch_overhead(work, data_dirs[10], full_dates)
+        extra["ui_launch_overhead_s"] = extra["ui_launch"].get("overhead_s")
+        print(f"  ui launch: {extra['ui_launch']}", flush=True)
     results: list[dict] = []
     try:
         for scenario in scenarios:
@@ -503,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for key in ("ratio_per_date_over_chunked", "full_range_chunked_wall_s", "ratio_over_floor_full_range",
                 "ratio_over_floor_large", "default_over_best_chunking", "plan_2500_dates_s", "table_size_cost_ratio",
+                "ui_launch_overhead_s",
                 "definitions_load", "rerun_sensor_tick", "benchmark_wall_s"):
         print(f"{key}: {summary.get(key)}")
     if plot(results, args.out / "results.png"):
