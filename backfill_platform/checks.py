@@ -269,7 +269,7 @@ def run_destination_checks(
 ) -> list[dg.AssetCheckResult]:
     """All five checks on the destination table right after the write. What the run's policies let
     through on purpose (``warn`` on the key or on ``id_not_null``) makes its check warn, not block."""
-    profile = profile_dates(destination, dates)  # two Spark jobs for the five checks
+    profile = profile_dates(destination, dates)  # one Spark aggregation over the run's dates
     present = present_dates(destination)
     duplicates_allowed = outcome.policies.get(UNIQUE_KEYS) == "warn"
     return [

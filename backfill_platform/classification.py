@@ -7,7 +7,9 @@ Databricks step launcher did (``resources/databricks_failures.py``):
 - ``transient``: the same input can succeed later: HTTP 429/500/502/503/504, no HTTP answer at all
   (connection refused/reset, timeouts), Delta concurrent-modification conflicts, a dead JVM / py4j
   gateway, Databricks ``INTERNAL_ERROR``, ``TIMEDOUT``, lost driver, cluster or spot-instance loss.
-  Retried by the step's ``RetryPolicy`` (``allow_retries=True``) and rerun by the rerun sensor.
+  Retried in the step: the body raises ``RetryRequested`` (``retrying.py``; the asset has no op
+  ``RetryPolicy``), the Databricks step launcher does the same for Databricks-side failures; then
+  rerun by the rerun sensor.
 - ``logic``: the code, the data or the configuration must change first: Spark analysis errors,
   schema mismatch, failed data-quality expectations, bad configuration, Python programming errors,
   other HTTP 4xx and 501, disk full (``ENOSPC``), out of memory, a Databricks run that ``FAILED``

@@ -1,4 +1,6 @@
-"""At most one in-flight run per business date, for single-date and range runs alike.
+"""At most one in-flight run per business date, for single-date and range runs alike, among the runs
+the queue launches (``dagster asset materialize`` runs in-process and bypasses it); a run spanning more
+calendar days than the date slots is refused at submission.
 
 Dagster's run queue can hold at most one run per unique value of a tag
 (``tag_concurrency_limits`` with ``applyLimitPerUniqueValue``). ``dagster/partition`` covers only

@@ -397,6 +397,7 @@ def write_summary(args, results: list[dict], definitions_load: dict, sensor: dic
                         and r["rows_per_date"] == 10)
     summary = {
         "mode": "quick" if args.quick else "full",
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "complete": sensor is not None,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "load_average_now": [round(x, 2) for x in os.getloadavg()]},

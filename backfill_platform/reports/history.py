@@ -148,7 +148,7 @@ class DateHistory:
 
     def retries_before_landing(self) -> tuple[int, int]:
         """(failed runs, step retries) among the runs that included this date, up to and including
-        its latest successful run. A step retry (the asset's ``RetryPolicy``) re-ran every date of
+        its latest successful run. A step retry (``RetryRequested``, retrying.py) re-ran every date of
         its run, so it counts for each of them."""
         landed = [i for i, attempt in enumerate(self.attempts) if attempt.run.succeeded]
         if not landed:

@@ -571,7 +571,7 @@ def test_cancel_of_a_backfill_cancels_its_running_and_queued_runs(deployment, sp
 
 def test_status_reports_the_history_the_daemon_and_the_sensor_made(deployment):
     """Issue 6 on real retries: ``backfill-platform status`` over the history above (step retries by
-    the RetryPolicy, a killed run, rerun-sensor reruns and give-ups), exact numbers."""
+    the step's RetryRequested, a killed run, rerun-sensor reruns and give-ups), exact numbers."""
     instance = deployment["instance"]
     result = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "backfill-platform"), "status",
