@@ -346,7 +346,7 @@ def print_table(results: list[dict]) -> None:
         print("  ".join(str(result[h]).rjust(w) for h, w in zip(header, widths, strict=True)))
 
 
-def plot(results: list[dict], path: Path) -> bool:
+def plot(results: list[dict], path: Path, floor: dict | None = None) -> bool:
     try:
         import matplotlib
 
@@ -370,11 +370,17 @@ def plot(results: list[dict], path: Path) -> bool:
         if r["rows_per_date"] not in best or r["wall_s"] < best[r["rows_per_date"]]["wall_s"]:
             best[r["rows_per_date"]] = r
     xs = sorted(best)
-    right.plot(xs, [best[x]["wall_s"] for x in xs], marker="o")
+    right.plot(xs, [best[x]["wall_s"] for x in xs], marker="o", label="backfill_platform (best chunking)")
+    for layout, style in (("partitioned", "s--"), ("clustered", "^:")):  # the machine's floor: bare Spark
+        points = sorted((int(rows), by_layout[layout]["wall_s"]) for rows, by_layout in (floor or {}).items()
+                        if "wall_s" in by_layout.get(layout, {}))
+        if points:
+            right.plot(*zip(*points, strict=True), style, label=f"floor: bare Spark, {layout}")
     right.set_xscale("log")
     right.set_xlabel(f"source rows per date ({full} dates, chunked)")
     right.set_ylabel("wall time (s)")
-    right.set_title("Chunked wall time against data size")
+    right.set_title("Chunked wall time against data size, and the floor")
+    right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
@@ -511,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                 "ui_launch_overhead_s",
                 "definitions_load", "rerun_sensor_tick", "benchmark_wall_s"):
         print(f"{key}: {summary.get(key)}")
-    if plot(results, args.out / "results.png"):
+    if plot(results, args.out / "results.png", floor):
         print(f"plot: {args.out / 'results.png'}")
     print(f"results: {args.out / 'results.json'}")
     return 1 if any(r["error"] for r in results) else 0
