@@ -9,7 +9,8 @@ before it):
   without rows at version n is emptied, every other date stays as it is.
 
 Everything here is Delta SQL or DataFrame calls, never Delta's Python ``DeltaTable`` API, so it runs
-on a classic session and on a Spark Connect session (``BACKFILL_SPARK_REMOTE``) alike.
+on a classic session and on a Spark Connect session (``BACKFILL_SPARK_REMOTE``) alike. On the
+Databricks deployment it runs on the cluster, by table name (:func:`restore_request`, ``cli/restore.py``).
 
 Commit times are compared as epoch milliseconds (``unix_millis(timestamp)`` in SQL): collecting
 ``DESCRIBE HISTORY``'s ``timestamp`` column would give naive datetimes in the Python process's local
@@ -280,6 +281,39 @@ def _explained_time_travel_errors(history: Sequence[Commit], version: int) -> It
             "refuses to read it. Choose a newer version; to keep older versions restorable, raise "
             "delta.deletedFileRetentionDuration (ALTER TABLE ... SET TBLPROPERTIES) before you need them."
         ) from None
+
+
+# ------------------------------------------------------------------- on a Databricks cluster
+
+
+def report_to_json(report: RestoreReport) -> dict:
+    data = dataclasses.asdict(report)
+    data["target"] = {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in data["target"].items()}
+    return data
+
+
+def report_from_json(data: dict) -> RestoreReport:
+    target = {k: dt.datetime.fromisoformat(v) if k != "version" and v else v for k, v in data["target"].items()}
+    return RestoreReport(**{
+        **data, "target": Target(**target), "changed_dates": [DateChange(**c) for c in data["changed_dates"]],
+        "dates": None if data["dates"] is None else tuple(data["dates"]),
+    })
+
+
+def restore_request(spark, request: dict) -> dict:
+    """One step of a restore on the Databricks deployment, run on the cluster (``cli/restore.py``
+    submits it): ``plan`` (:func:`plan_restore`) or ``commit`` (:func:`commit_restore` of the plan) for
+    the table ``request["table"]`` (its Unity Catalog name); the answer is JSON (report or error)."""
+    location = DeltaLocation(request["table"], request.get("path"))
+    try:
+        if request["action"] == "plan":
+            report = plan_restore(spark, location, version=request.get("version"),
+                                  timestamp=request.get("timestamp"), dates=request.get("dates"))
+        else:
+            report = commit_restore(spark, location, report_from_json(request["planned"]))
+    except RestoreError as error:
+        return {"error": str(error)}
+    return {"report": report_to_json(report)}
 
 
 # --------------------------------------------------------------------------------- Dagster side

@@ -16,6 +16,7 @@ tests build their own. :class:`Settings` has one section per concern: ``tables``
 | ``BACKFILL_SOURCE_TABLE`` | ``source_data`` | table the destination is computed from |
 | ``BACKFILL_DESTINATION_TABLE`` | ``destination_data`` | the business-day partitioned Delta table |
 | ``BACKFILL_CALENDAR_TABLE`` | ``calendar`` | the business calendar table |
+| ``BACKFILL_TABLE_LAYOUT`` | ``partitioned`` | how a new destination table is laid out: ``partitioned`` (by ``position_date``) or ``clustered`` (Delta liquid clustering on it) |
 | ``BACKFILL_START_DATE`` | ``2024-01-01`` | first day of the partitions |
 | ``BACKFILL_HOLIDAY_CALENDAR`` | ``pandas.tseries.holiday:USFederalHolidayCalendar`` | pandas holiday calendar class |
 | ``BACKFILL_EXTRA_CLOSURES`` | (none) | extra closed days: ``2025-01-09=National Day of Mourning,...`` |
@@ -68,7 +69,6 @@ client secret are read with ``dagster.EnvVar`` when the launcher starts.
 | ``BACKFILL_DATABRICKS_STAGING_PREFIX`` | ``/dagster_staging/backfill_platform`` | DBFS folder for the launcher's uploads |
 | ``BACKFILL_DATABRICKS_POLL_INTERVAL_S`` | ``5`` | how often the launcher polls ``runs/get`` |
 | ``BACKFILL_DATABRICKS_VIEWER_GROUPS`` | (none) | groups granted CAN_VIEW on each submitted run, comma-separated |
-| ``BACKFILL_DATABRICKS_TABLE_PATH_ROOT`` | (none) | set by the emulator's cluster only: Delta paths instead of Unity Catalog names |
 """  # noqa: E501 - the settings tables above are one row a line
 
 from __future__ import annotations
@@ -176,8 +176,11 @@ class TableSettings:
     destination_table: str = "destination_data"
     calendar_table: str = "calendar"
     log_table: str = "backfill_log"
+    table_layout: str = "partitioned"
 
     def __post_init__(self) -> None:
+        if self.table_layout not in TABLE_LAYOUTS:
+            raise SettingsError(f"BACKFILL_TABLE_LAYOUT={self.table_layout!r}: use {' or '.join(TABLE_LAYOUTS)}.")
         for name, variable in TABLE_NAME_VARIABLES.items():
             value = getattr(self, name)
             if not IDENTIFIER.fullmatch(value):
@@ -187,6 +190,7 @@ class TableSettings:
                 )
 
 
+TABLE_LAYOUTS = ("partitioned", "clustered")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")  # no dots, quotes, slashes or spaces
 TABLE_NAME_VARIABLES = {
     "catalog": "BACKFILL_CATALOG",
@@ -220,7 +224,8 @@ class SparkSettings:
 
 @dataclasses.dataclass(frozen=True)
 class RetrySettings:
-    """Step retries (``RetryPolicy``) and the rerun sensor's bounds (classification.py, sensors/)."""
+    """Step retries (``RetryRequested`` raised by the step, retrying.py) and the rerun sensor's bounds
+    (classification.py, sensors/)."""
 
     step_max_retries: int = 3
     step_retry_delay_seconds: float = 60.0
@@ -377,7 +382,6 @@ class DatabricksSettings:
     libraries: str = ""
     staging_prefix: str = "/dagster_staging/backfill_platform"
     poll_interval_s: str = "5"
-    table_path_root: str = ""
     viewer_groups: str = ""
     pool: str = "databricks_runs"
 
@@ -436,7 +440,8 @@ class Settings:
         return cls(
             **top,
             tables=section(TableSettings, {f"BACKFILL_{field.upper()}": (field, None) for field in (
-                "catalog", "schema", "source_table", "destination_table", "calendar_table", "log_table")}),
+                "catalog", "schema", "source_table", "destination_table", "calendar_table", "log_table",
+                "table_layout")}),
             calendar=section(CalendarSettings, {
                 "BACKFILL_START_DATE": ("start_date", _parse_date),
                 "BACKFILL_HOLIDAY_CALENDAR": ("holiday_calendar", None),

@@ -23,11 +23,13 @@ no privileges and works on any OS; a mount namespace (``unshare``) would also co
 opened by user code, but needs root/user namespaces and is Linux-only. Code that builds ``/dbfs/``
 paths itself on the cluster is therefore not supported by the emulator.
 
-Tables: the emulator's Spark has no Unity Catalog, so its "cluster" runs with
-``BACKFILL_DATABRICKS_TABLE_PATH_ROOT=<root>/warehouse`` (a cluster environment variable, like any
-``spark_env_vars``): ``catalog.schema.table`` is the Delta table at
-``<root>/warehouse/<catalog>/<schema>/<table>``. No metastore, so concurrent runs cannot lock each
-other out (an embedded Derby metastore would).
+Tables: the cluster's Spark has a Unity Catalog metastore (``metastore.py``, a Spark catalog plugin
+compiled from ``catalog/UnityCatalog.java`` on first use): ``catalog.schema.table`` names, ``CREATE
+SCHEMA``, ``saveAsTable``, ``DESCRIBE HISTORY``, ``RESTORE TABLE``, ``DeltaTable.forName``, MERGE and
+time travel work by name, as on a workspace. A catalog is the folder ``<root>/warehouse/<catalog>``
+(``main`` always exists), a table the managed Delta table ``<root>/warehouse/<catalog>/<schema>/<table>``.
+The file system is the metastore: every cluster JVM sees the same tables, and no metastore lock is
+shared by concurrent runs (an embedded Derby metastore would lock them out).
 
 ``idempotency_token`` is honoured: a submit repeating an earlier submit's token creates nothing and
 answers that run's id. Every ``runs/submit`` received is recorded (``submit_requests``).
@@ -44,7 +46,8 @@ use :class:`DatabricksEmulator` as a context manager.
 Modules: ``server`` (:class:`DatabricksEmulator`, HTTP routing, auth, OAuth), ``dbfs`` (DBFS 2.0 and
 ``/dbfs`` path translation), ``runs`` (jobs/runs life cycle, permissions), ``clusters``
 (``clusters/get``, the clusters' driver processes), ``faults`` (fault injection), ``errors``
-(Databricks' error body), ``driver`` (the emulated cluster's driver process), ``__main__`` (the CLI).
+(Databricks' error body), ``driver`` (the emulated cluster's driver process), ``metastore`` (its
+Unity Catalog), ``__main__`` (the CLI).
 A separate package from ``backfill_platform``, so it is not in the code the Databricks launcher
 uploads; it uses ``backfill_platform`` only for the cluster's Spark settings
 (:func:`default_cluster_spark_config`).

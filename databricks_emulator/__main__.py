@@ -33,7 +33,10 @@ def main(argv: list[str] | None = None) -> None:
     if not os.environ.get(args.token_env):
         print(f"  export {args.token_env}={token}")
     print(f"  export BACKFILL_DATABRICKS_CLUSTER_ID={DEFAULT_CLUSTER_ID}")
-    print(f"Tables live under {emulator.warehouse}/<catalog>/<schema>/<table>. Ctrl-C stops.", flush=True)
+    print(
+        f"Unity Catalog: a catalog is a folder of {emulator.warehouse} (main exists; mkdir creates one), "
+        "a table catalog.schema.table is stored in <catalog>/<schema>/<table>. Ctrl-C stops.", flush=True,
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -46,7 +47,7 @@ class ClustersApi:
         env = {name: os.environ[name] for name in _HOST_ENV_PASSED if name in os.environ}
         env.update({
             "DATABRICKS_RUNTIME_VERSION": RUNTIME_VERSION,
-            "BACKFILL_DATABRICKS_TABLE_PATH_ROOT": str(self.warehouse),
+            "EMULATOR_WAREHOUSE": str(self.warehouse),
             "EMULATOR_DBFS_ROOT": str(self.dbfs_root),
             "EMULATOR_SPARK_CONFIG": str(self.root / "cluster" / "spark_config.json"),
             "EMULATOR_SECRETS_DIR": str(self.root / "secrets"),
@@ -85,16 +86,30 @@ class ClustersApi:
                     raise RuntimeError(f"Cluster {cluster_id} failed to start: {tail}")
                 time.sleep(0.2)
             self._cluster_gateways[cluster_id] = json.loads(state_file.read_text())
+            # The cluster's one driver JVM (every run on this cluster attaches to it): recorded per run.
+            self._cluster_gateways[cluster_id]["jvm_pid"] = java_pid_in_group(process.pid)
             with self._lock:
                 self.clusters[cluster_id]["state"] = "RUNNING"
             return self._cluster_gateways[cluster_id]
 
 
+# A Databricks runtime version key, as ``clusters/spark-versions`` lists them: 15.4.x-scala2.12,
+# 15.4.x-cpu-ml-scala2.12, 14.3.x-photon-scala2.12, 16.x-snapshot-scala2.12, ...
+SPARK_VERSION_KEY = re.compile(r"\d+\.(\d+\.)?x(-[a-z0-9-]+)?-scala\d+\.\d+")
+
+
 def validate_new_cluster(spec: Any) -> None:
+    """The checks Databricks makes on a ``runs/submit`` task's ``new_cluster`` before creating a run
+    (node types are not checked: the emulator has no node type list)."""
     if not isinstance(spec, dict):
         raise bad("new_cluster must be an object.")
     if not spec.get("spark_version"):
         raise bad("Missing required field: new_cluster.spark_version")
+    if not isinstance(spec["spark_version"], str) or not SPARK_VERSION_KEY.fullmatch(spec["spark_version"]):
+        raise bad(
+            f"Invalid spark version {spec['spark_version']!r} in new_cluster.spark_version: use a runtime "
+            "version key, e.g. 15.4.x-scala2.12."
+        )
     if not (spec.get("node_type_id") or spec.get("instance_pool_id")):
         raise bad("Missing required field: new_cluster.node_type_id (or instance_pool_id)")
     has_workers, autoscale = "num_workers" in spec, spec.get("autoscale")
@@ -106,6 +121,26 @@ def validate_new_cluster(spec: Any) -> None:
         low, high = autoscale.get("min_workers"), autoscale.get("max_workers")
         if not (isinstance(low, int) and isinstance(high, int) and 0 <= low <= high and high > 0):
             raise bad("new_cluster.autoscale needs 0 <= min_workers <= max_workers and max_workers > 0.")
+
+
+def java_pid_in_group(pgid: int) -> int | None:
+    """The ``java`` process (a driver JVM) in process group ``pgid``, from ``/proc``; None if there is
+    none (yet), or no ``/proc`` (not Linux): the record is best-effort."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        command, _, rest = stat.partition(" (")[2].rpartition(") ")
+        fields = rest.split()
+        if command == "java" and len(fields) > 2 and fields[2] == str(pgid):
+            return int(entry.name)
+    return None
 
 
 def kill_process_group(process: subprocess.Popen | None, sig: int = signal.SIGTERM) -> None:

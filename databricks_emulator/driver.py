@@ -8,6 +8,10 @@ job cluster it starts its own), defines the ``spark``, ``sc`` and
 already mapped ``/dbfs/...`` parameters to its storage). It deliberately imports nothing from
 ``backfill_platform``: the step gets the project's code from the launcher's zip, as on a real cluster.
 
+The session has the workspace's Unity Catalog (``metastore.py``): ``catalog.schema.table`` names are
+managed Delta tables under the emulator's warehouse folder. The cluster environment names that folder
+(``EMULATOR_WAREHOUSE``); the driver takes it out of the task's environment, so the task's code sees a workspace with catalog names and no paths.
+
 Two faults act here, in the task's process: ``EMULATOR_HOLD_S`` (the run is RUNNING, its driver waits
 before it runs the task) and ``EMULATOR_FAIL_FIRST_WRITE`` (the task's first Spark write raises
 ``ConnectionResetError``: its own code meets a transient error).
@@ -23,6 +27,20 @@ from pathlib import Path
 
 DBFS_ROOT = Path(os.environ["EMULATOR_DBFS_ROOT"])
 SECRETS_DIR = Path(os.environ.get("EMULATOR_SECRETS_DIR", "/nonexistent"))
+_WAREHOUSE_VARS = ("EMULATOR_WAREHOUSE",)
+WAREHOUSE = Path(next((os.environ[n] for n in _WAREHOUSE_VARS if os.environ.get(n)), DBFS_ROOT.parent / "warehouse"))
+for _name in _WAREHOUSE_VARS:
+    os.environ.pop(_name, None)
+
+
+def _metastore():
+    """``metastore.py`` beside this file, loaded by path (the task's ``sys.path`` stays the task's)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_emulator_metastore", Path(__file__).with_name("metastore.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _local(path: str) -> Path:
@@ -120,14 +138,20 @@ def _attach_to_cluster():
         jvm.org.apache.spark.SparkContext.getOrCreate()
     )
     SparkContext(gateway=gateway, jsc=jsc, conf=SparkConf(_jvm=jvm, _jconf=jsc.getConf()))  # the `sc` the session wraps
-    return SparkSession.builder.getOrCreate(), False  # the cluster's default session; never stop it
+    spark = SparkSession.builder.getOrCreate()  # the cluster's default session; never stop it
+    for key, value in _metastore().catalog_spark_config(WAREHOUSE).items():
+        spark.conf.set(key, value)  # catalogs created since the cluster started
+    return spark, False
 
 
 def _start_spark():
     from pyspark.sql import SparkSession
 
+    metastore = _metastore()
+    config = json.loads(Path(os.environ["EMULATOR_SPARK_CONFIG"]).read_text())
+    config = {**metastore.with_plugin_jar(config, metastore.plugin_jar()), **metastore.catalog_spark_config(WAREHOUSE)}
     builder = SparkSession.builder
-    for key, value in json.loads(Path(os.environ["EMULATOR_SPARK_CONFIG"]).read_text()).items():
+    for key, value in config.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

@@ -1,7 +1,10 @@
 """Jobs: ``runs/submit`` (single ``spark_python_task``), ``runs/get``, ``runs/get-output``,
-``runs/cancel`` and ``permissions``, and the execution of each run by a driver subprocess
+``runs/cancel``, ``runs/list`` and ``permissions``, and the execution of each run by a driver subprocess
 (``driver.py``): PENDING -> RUNNING -> TERMINATING -> TERMINATED with result_state
 SUCCESS/FAILED/TIMEDOUT/CANCELED (or INTERNAL_ERROR), ``timeout_seconds`` honoured.
+
+A submit's ``new_cluster`` and ``libraries`` are checked as Databricks checks them (nothing is
+installed). Each run records the pid of the driver JVM its Spark ran in (``EmulatedRun.jvm_pid``).
 
 ``idempotency_token`` as documented: a submit whose token an earlier submit already used creates
 nothing and answers that submit's ``run_id`` (whatever state the run is in); at most 64 characters."""
@@ -18,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from databricks_emulator.clusters import DRIVER_SCRIPT, kill_process_group, validate_new_cluster
+from databricks_emulator.clusters import DRIVER_SCRIPT, java_pid_in_group, kill_process_group, validate_new_cluster
 from databricks_emulator.dbfs import MAX_BLOCK
 from databricks_emulator.errors import ApiError, DropConnection, bad
 from databricks_emulator.faults import (
@@ -37,6 +40,11 @@ from databricks_emulator.faults import (
 )
 
 MAX_IDEMPOTENCY_TOKEN = 64  # characters, as documented for runs/submit
+MAX_LIST_LIMIT = 25  # runs/list: at most 25 runs per page, as documented
+LIBRARY_KINDS = {  # a task library: exactly one of these keys (and, for an object, its required field)
+    "pypi": "package", "maven": "coordinates", "cran": "package", "whl": None, "jar": None, "egg": None,
+    "requirements": None,
+}
 
 
 @dataclasses.dataclass
@@ -64,6 +72,9 @@ class EmulatedRun:
     hold_s: float = 0.0  # HOLD_RUNNING: the driver waits this long before running the task
     fail_write: str | None = None  # FAIL_WRITE: the message of the task's first (failing) Spark write
     fail_after_task: str | None = None  # FAIL_AFTER_TASK: the state message of the INTERNAL_ERROR after the task
+    # The driver JVM the run's Spark ran in: the existing cluster's one JVM, or (new job cluster) the
+    # run's own, started by its driver process. Read from /proc (None where there is none, or no /proc).
+    jvm_pid: int | None = None
 
 
 class JobsApi:
@@ -221,7 +232,54 @@ class JobsApi:
             self.cluster(existing)
         else:
             validate_new_cluster(new)
+        _validate_libraries(task.get("libraries", []))
         return task, existing or "", new, timeout
+
+    def list_runs(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``runs/list``: newest first, ``limit`` (1-25, default 25) per page, ``page_token`` /
+        ``offset``, filters ``job_id``, ``run_type``, ``active_only``, ``completed_only``,
+        ``start_time_from`` / ``start_time_to``; tasks only with ``expand_tasks``."""
+
+        def flag(name: str) -> bool:
+            return str(body.get(name, "false")).lower() == "true"
+
+        try:
+            limit = int(body.get("limit") or MAX_LIST_LIMIT)
+            offset = int(body.get("page_token") or body.get("offset") or 0)
+            time_from, time_to = int(body.get("start_time_from") or 0), int(body.get("start_time_to") or 0)
+            job_id = int(body["job_id"]) if body.get("job_id") else None
+        except ValueError as error:
+            raise bad(f"Invalid runs/list parameter: {error}") from None
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise bad(f"limit must be between 1 and {MAX_LIST_LIMIT}, got {limit}.")
+        if flag("active_only") and flag("completed_only"):
+            raise bad("active_only and completed_only cannot both be true.")
+        with self._lock:
+            runs = sorted(self.runs.values(), key=lambda run: run.run_id, reverse=True)
+        selected = []
+        for run in runs:
+            started = run.start_time or run.submitted_at_ms
+            done = run.done_event.is_set()
+            if (job_id is not None and run.job_id != job_id) or body.get("run_type", "SUBMIT_RUN") != "SUBMIT_RUN":
+                continue
+            if (flag("active_only") and done) or (flag("completed_only") and not done):
+                continue
+            if (time_from and started < time_from) or (time_to and started > time_to):
+                continue
+            selected.append(run)
+        page = selected[offset:offset + limit]
+        listed = []
+        for run in page:
+            entry = self.run_json(run)
+            if not flag("expand_tasks"):
+                entry.pop("tasks")
+            listed.append(entry)
+        answer: dict[str, Any] = {"runs": listed, "has_more": offset + limit < len(selected)}
+        if answer["has_more"]:
+            answer["next_page_token"] = str(offset + limit)
+        if offset:
+            answer["prev_page_token"] = str(max(offset - limit, 0))
+        return answer
 
     def get_run(self, body: dict[str, Any]) -> dict[str, Any]:
         """``runs/get`` (a FAIL_POLL fault matching the run's task answers an error instead)."""
@@ -380,6 +438,7 @@ class JobsApi:
                 return
             env["EMULATOR_GATEWAY_PORT"] = str(gateway["port"])
             env["EMULATOR_GATEWAY_SECRET"] = str(gateway["secret"])
+            run.jvm_pid = gateway.get("jvm_pid")
             if run.cancel_event.is_set():
                 self._finish(run, "CANCELED", "Run cancelled while pending.")
                 return
@@ -392,10 +451,15 @@ class JobsApi:
             run.start_time = _now_ms()
         self._set(run, "RUNNING", "In run")
         running_since = time.monotonic()
+        own_jvm = not env.get("EMULATOR_GATEWAY_PORT")  # a new job cluster: the driver starts its own JVM
+        next_look = 0.0
         while True:
             code = run.process.poll()
             if code is not None:
                 break
+            if own_jvm and run.jvm_pid is None and time.monotonic() >= next_look:
+                run.jvm_pid = java_pid_in_group(run.process.pid)
+                next_look = time.monotonic() + 0.5
             if run.cancel_event.is_set():
                 kill_process_group(run.process)
                 self._finish(run, "CANCELED", "Run cancelled.")
@@ -424,6 +488,23 @@ class JobsApi:
         run.error = lines[-1] if lines else f"Python process exited with code {code}."
         run.error_trace = stderr[-20000:]
         self._finish(run, "FAILED", "Workload failed, see run output for details")
+
+
+def _validate_libraries(libraries: Any) -> None:
+    """A task's ``libraries``: a list of objects with exactly one library kind each, as Databricks
+    checks them when the run is submitted (installing them is not emulated)."""
+    if not isinstance(libraries, list):
+        raise bad("libraries must be a list.")
+    for library in libraries:
+        kinds = [kind for kind in (library if isinstance(library, dict) else {}) if kind in LIBRARY_KINDS]
+        if not isinstance(library, dict) or len(kinds) != 1 or len(library) != 1:
+            raise bad(f"Invalid library {library!r}: give exactly one of {', '.join(sorted(LIBRARY_KINDS))}.")
+        kind, value = kinds[0], library[kinds[0]]
+        required = LIBRARY_KINDS[kind]
+        if required and not (isinstance(value, dict) and isinstance(value.get(required), str) and value[required]):
+            raise bad(f"Invalid library {library!r}: {kind}.{required} must be a non-empty string.")
+        if not required and not (isinstance(value, str) and value):
+            raise bad(f"Invalid library {library!r}: {kind} must be a path.")
 
 
 def _now_ms() -> int:

@@ -288,6 +288,8 @@ class DatabricksEmulator(DbfsApi, ClustersApi, JobsApi):
                 return self.submit(body)
             if action == "runs/get" and method == "GET":
                 return self.get_run(body)
+            if action == "runs/list" and method == "GET":
+                return self.list_runs(body)
             if action == "runs/get-output" and method == "GET":
                 return self.run_output(self._find_run(body.get("run_id")))
             if action == "runs/cancel" and method == "POST":

@@ -1,5 +1,5 @@
-"""The Databricks deployment: ``destination_data`` runs on a Databricks cluster through
-``dagster_databricks.databricks_pyspark_step_launcher``.
+"""The Databricks deployment: every asset's step (``business_calendar``, ``source_data``, ``destination_data``)
+runs on a Databricks cluster through ``dagster_databricks.databricks_pyspark_step_launcher``.
 
 What happens per step (see ``docs/databricks.md``): the launcher zips ``backfill_platform``, uploads
 it with the step's pickled context to DBFS, submits a one-time run (``jobs/runs/submit`` with a
@@ -91,7 +91,7 @@ def on_databricks_cluster(environ: Mapping[str, str] | None = None) -> bool:
 
 
 PACKAGE_DIR = PROJECT_ROOT / "backfill_platform"
-RUN_NAME = "backfill_platform destination_data"
+RUN_NAME = "backfill_platform"  # each step's Databricks run: "backfill_platform <step key>" (the launcher adds it)
 
 
 class DatabricksConfigError(SettingsError):
@@ -110,20 +110,8 @@ def databricks_resources(settings: Settings) -> dict[str, Any]:
 
 
 def databricks_tables(settings: Settings) -> DeltaTables:
-    """Unity Catalog names ``catalog.schema.table``; on the project's emulator (which has no Unity
-    Catalog) the same names map to Delta paths ``<root>/<catalog>/<schema>/<table>``."""
-    root = settings.databricks.table_path_root
-    if root:
-        return DeltaTables(
-            mode="path",
-            warehouse_dir=str(Path(root) / settings.tables.catalog),
-            catalog=settings.tables.catalog,
-            schema_name=settings.tables.schema,
-            source_table=settings.tables.source_table,
-            destination_table=settings.tables.destination_table,
-            calendar_table=settings.tables.calendar_table,
-            seed_demo_source=False,
-        )
+    """Unity Catalog names ``catalog.schema.table`` (the project's emulator serves them too: its
+    cluster's Spark has a three-level catalog, ``databricks_emulator/metastore.py``)."""
     return DeltaTables.from_settings(settings, mode="catalog")
 
 

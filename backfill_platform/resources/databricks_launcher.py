@@ -79,7 +79,8 @@ class BackfillDatabricksStepLauncher(DatabricksPySparkStepLauncher):
       dagster-databricks passes on as the step's event), a later Databricks failure is logged and
       not retried again: exactly one retry mechanism acts.
     - each attempt's ``runs/submit`` carries an ``idempotency_token`` (:func:`idempotency_token`),
-      through ``run_config["idempotency_token"]``, which ``DatabricksJobRunner.submit_run`` passes on;
+      through ``run_config["idempotency_token"]``, which ``DatabricksJobRunner.submit_run`` passes on,
+      and a ``run_name`` naming the step (``backfill_platform business_calendar``, ...);
     - each attempt is in the step's event log with its Databricks run id and run page URL, and so is
       every API call databricks-sdk retried itself.
 
@@ -95,7 +96,9 @@ class BackfillDatabricksStepLauncher(DatabricksPySparkStepLauncher):
     def launch_step(self, step_context):
         attempt = step_context.previous_attempt_count
         token = idempotency_token(step_context.run_id, step_context.step.key, attempt)
-        self.run_config = {**self.base_run_config, "idempotency_token": token}
+        # Each step's Databricks run is named after the step (the runs list shows which asset ran).
+        run_name = f"{self.base_run_config.get('run_name') or 'backfill_platform'} {step_context.step.key}"
+        self.run_config = {**self.base_run_config, "run_name": run_name, "idempotency_token": token}
         self._attempt = (attempt, token)
         self._outcome: dg.DagsterEventType | None = None
         failure: DatabricksStepError | None = None
