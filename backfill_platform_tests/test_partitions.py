@@ -185,3 +185,10 @@ def test_partition_keys_are_dagsters_computed_once_per_day():
     assert partitions_def.get_partition_keys() == dagsters
     then = dt.datetime(2024, 7, 8, 12, tzinfo=dt.timezone.utc)
     assert partitions_def.get_partition_keys(current_time=then)[-1] == "2024-07-05"
+
+
+def test_the_table_layout_is_partitioned_or_clustered():
+    assert Settings.from_env({}).tables.table_layout == "partitioned"
+    assert Settings.from_env({"BACKFILL_TABLE_LAYOUT": "clustered"}).tables.table_layout == "clustered"
+    with pytest.raises(SettingsError, match="BACKFILL_TABLE_LAYOUT='zorder': use partitioned or clustered"):
+        Settings.from_env({"BACKFILL_TABLE_LAYOUT": "zorder"})

@@ -117,7 +117,11 @@ def floor_ratios(results: list[dict], floors: dict, chunk_size: int) -> dict:
 
     default_chunk = Settings().max_partitions_per_run
     default, best = scenario(10, default_chunk), scenario(10)
+    clustered = [r for r in results if r["scenario"] == "chunked-clustered" and not r["error"]]
+    clustered_floor = floors.get("10", {}).get("clustered", {})
     return {
+        "ratio_clustered_over_clustered_floor": round(clustered[0]["wall_s"] / clustered_floor["wall_s"], 2)
+        if clustered and "wall_s" in clustered_floor else None,
         "ratio_over_floor_full_range": ratio(10),
         "ratio_over_floor_large": ratio(10_000),
         "default_over_best_chunking": round(default["wall_s"] / best["wall_s"], 2) if default and best else None,

@@ -83,6 +83,7 @@ def plan(quick: bool, fast_remote: str | None) -> list[Scenario]:
         Scenario("chunked", first, 10, 60),
         Scenario("chunked", first, 10, 30),
         Scenario("chunked", full, 10, 240),
+        Scenario("chunked-clustered", full, 10, 240, {"BACKFILL_TABLE_LAYOUT": "clustered"}),
         Scenario("chunked", full, 10, 60),
         Scenario("chunked", full, 1_000, 240),
         Scenario("chunked", full, 10_000, 240),

@@ -33,6 +33,9 @@ sys.path.insert(0, str(REPO))
 
 RUN_DATE = "2025-11-20"
 SIZES = (60, 1724)
+# (dates in the table, layout): the ratio compares the default layout's two sizes; the clustered one
+# is a one-date rerun inside the large clustered files that a chunked backfill writes
+CASES = ((60, "partitioned"), (1724, "partitioned"), (1724, "clustered"))
 FILL_COMMITS = 11  # versions 0..10: Delta writes a checkpoint every 10 commits (delta.checkpointInterval)
 # the step's own timing metadata (assets/destination.py); the rest of the run is the checks and Dagster
 PHASES = ("spark_session_s", "read_check_s", "write_commit_s")
@@ -42,6 +45,7 @@ def measure_table_size_cost(work: Path, repeats: int = 3) -> dict:
     import dagster as dg
 
     from backfill_platform.assets import build_assets
+    from backfill_platform.assets.tables_schema import POSITION_COLUMNS
     from backfill_platform.partitions import BusinessDays
     from backfill_platform.resources import local_resources
     from backfill_platform.resources.spark import local_spark_config, start_spark_session
@@ -55,10 +59,12 @@ def measure_table_size_cost(work: Path, repeats: int = 3) -> dict:
     figures: dict[str, dict] = {}
     spark = None
     try:
-        for size in SIZES:
-            data_dir = work / f"table-size-{size}"
+        for size, layout in CASES:
+            name = f"{size}" if layout == "partitioned" else f"{size}-{layout}"
+            data_dir = work / f"table-size-{name}"
             shutil.rmtree(data_dir, ignore_errors=True)
             settings = dataclasses.replace(Settings(data_dir=data_dir), calendar=calendar_settings)
+            settings = settings.replace(tables=dataclasses.replace(settings.tables, table_layout=layout))
             spark = spark or start_spark_session(local_spark_config(settings))
             _, source, destination = build_assets(settings, business_days)
             resources = local_resources(settings)
@@ -74,12 +80,15 @@ def measure_table_size_cost(work: Path, repeats: int = 3) -> dict:
             # so that it has a checkpoint as every table that lived through 10 commits has
             warehouse = data_dir / "warehouse" / settings.tables.schema
             source_rows = spark.read.format("delta").load(str(warehouse / settings.tables.source_table))
+            table = warehouse / settings.tables.destination_table
+            columns = ", ".join(f"{column} {kind}" for column, kind in POSITION_COLUMNS.items())
+            spark.sql(f"CREATE TABLE delta.`{table}` ({columns}) USING DELTA "
+                      + ("PARTITIONED BY" if layout == "partitioned" else "CLUSTER BY") + " (position_date)")
             step = -(-size // FILL_COMMITS)
             for at in range(0, size, step):
                 chunk = held[at:at + step]
                 (source_rows.where(f"position_date >= '{chunk[0]}' AND position_date <= '{chunk[-1]}'")
-                 .write.format("delta").mode("append").partitionBy("position_date")
-                 .save(str(warehouse / settings.tables.destination_table)))
+                 .write.format("delta").mode("append").save(str(table)))
             steps, phases = [], []
             for _ in range(repeats):
                 instance = dg.DagsterInstance.ephemeral()
@@ -92,16 +101,22 @@ def measure_table_size_cost(work: Path, repeats: int = 3) -> dict:
                 metadata = result.asset_materializations_for_node(destination.op.name)[0].metadata
                 phases.append({key: metadata[key].value for key in PHASES}
                               | {"checks_s": round(elapsed - sum(metadata[key].value for key in PHASES), 2)})
-            figures[str(size)] = {"dates_in_table": size, "run_s": [round(s, 2) for s in steps],
-                                  "median_run_s": round(statistics.median(steps), 2),
-                                  "phase_medians_s": {key: round(statistics.median(p[key] for p in phases), 2)
-                                                      for key in phases[0]}}
-            print(f"  one-date run on a table of {size} dates: {figures[str(size)]}", flush=True)
+            reads = []
+            for _ in range(repeats):  # reading one date back, as a user's query does
+                started = time.monotonic()
+                spark.read.format("delta").load(str(table)).where(f"position_date = '{RUN_DATE}'").collect()
+                reads.append(time.monotonic() - started)
+            figures[name] = {"dates_in_table": size, "layout": layout, "run_s": [round(s, 2) for s in steps],
+                             "read_one_date_median_s": round(statistics.median(reads), 3),
+                             "median_run_s": round(statistics.median(steps), 2),
+                             "phase_medians_s": {key: round(statistics.median(p[key] for p in phases), 2)
+                                                 for key in phases[0]}}
+            print(f"  one-date run on a {layout} table of {size} dates: {figures[name]}", flush=True)
     finally:
         if spark is not None:
             spark.stop()
     small, large = (figures[str(size)]["median_run_s"] for size in SIZES)
-    return {"sizes": figures, "ratio": round(large / small, 3)}
+    return {"sizes": figures, "ratio": round(large / small, 3)}  # the default layout (partitioned)
 
 
 def measure_plan(work: Path) -> dict:

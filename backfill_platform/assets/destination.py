@@ -113,7 +113,7 @@ def _replace_dates(
     hooks: WriteHooks = getattr(context.resources, WRITE_HOOKS_KEY)
     rows = hooks.before_write([day.isoformat() for day in dates], expected.rows)
     checked = time.perf_counter()
-    _create_destination_if_missing(spark, tables.destination)
+    _create_destination_if_missing(spark, tables.destination, tables.layout)
     predicate = f"{POSITION_DATE} IN ({', '.join(repr(day.isoformat()) for day in dates)})"
     if config.full_refresh:  # the run's whole window, non-business days inside it included
         # UPSTREAM WORKAROUND (Delta 4.4.0 on Spark 4.2): replaceWhere "d BETWEEN a AND b" on a partition
@@ -191,8 +191,11 @@ def _read_source(spark, source: DeltaLocation) -> tuple[int, Any]:
     return version, frame.select(*(F.col(name) for name in POSITION_COLUMNS))
 
 
-def _create_destination_if_missing(spark, destination: DeltaLocation) -> None:
-    """Create the empty, date-partitioned table once, so every later write is a replaceWhere."""
+def _create_destination_if_missing(spark, destination: DeltaLocation, layout: str = "partitioned") -> None:
+    """Create the empty table once, so every later write is a replaceWhere: partitioned by date (one
+    directory per date, the seed's choice "for efficient writes"), or liquid-clustered on the date
+    (``BACKFILL_TABLE_LAYOUT=clustered``: files hold many dates; docs/benchmark.md compares the two).
+    An existing table keeps its layout."""
     if destination.exists(spark):
         return
     # Delta SQL (not DeltaTable.createIfNotExists): it works on classic and Spark Connect sessions.
@@ -201,7 +204,7 @@ def _create_destination_if_missing(spark, destination: DeltaLocation) -> None:
         with destination.exclusive_commit():
             spark.sql(
                 f"CREATE TABLE IF NOT EXISTS {destination.sql_name} ({columns}) USING DELTA "
-                f"PARTITIONED BY ({POSITION_DATE})"
+                + (f"PARTITIONED BY ({POSITION_DATE})" if layout == "partitioned" else f"CLUSTER BY ({POSITION_DATE})")
             )
     except Exception:
         # Two runs of a fresh backfill can both find the table missing; the loser's create fails

@@ -118,6 +118,7 @@ class DeltaTables(ConfigurableResource):
     destination_table: str = "destination_data"
     calendar_table: str = "calendar"
     seed_demo_source: bool = False  # the local demo writes the source; real deployments never do
+    layout: Literal["partitioned", "clustered"] = "partitioned"  # of a destination table created new
 
     @field_validator("catalog", "schema_name", "source_table", "destination_table", "calendar_table")
     @classmethod
@@ -143,6 +144,7 @@ class DeltaTables(ConfigurableResource):
             destination_table=settings.tables.destination_table,
             calendar_table=settings.tables.calendar_table,
             seed_demo_source=mode == "path",
+            layout=settings.tables.table_layout,
         )
 
     def location(self, table: str) -> DeltaLocation:

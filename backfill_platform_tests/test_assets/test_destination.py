@@ -1,10 +1,13 @@
 """destination_data: replaceWhere of exactly the run's business dates, idempotent, isolated,
 and nothing written on bad input."""
 
+import dataclasses
+
 import dagster as dg
 import pytest
 
 from backfill_platform.partitions import InvalidPartitionDateError
+from backfill_platform.resources.tables import DeltaTables
 from backfill_platform_tests.helpers import (
     BUSINESS_DAYS,
     delta_version,
@@ -127,3 +130,26 @@ def test_the_sql_guard_does_not_rely_on_dagster_validating_keys():
 def test_destination_declares_chunked_backfills_and_the_step_launcher_seam():
     assert destination_data.backfill_policy.max_partitions_per_run == 60
     assert "pyspark_step_launcher" in destination_data.required_resource_keys
+
+
+def test_a_clustered_destination_is_replaced_date_by_date_like_a_partitioned_one(spark, seeded, settings):
+    """BACKFILL_TABLE_LAYOUT=clustered: the new table is liquid-clustered on position_date (no partition
+    directories); a range run, then a one-date rerun inside the range's file, replace exactly their dates,
+    and the checks (which then scan the date column) pass."""
+    clustered = settings.replace(tables=dataclasses.replace(settings.tables, table_layout="clustered"))
+    resources = {**seeded, "tables": DeltaTables.from_settings(clustered, mode="path")}
+    destination = resources["tables"].destination
+    first = materialize_destination(resources, "2024-06-17", "2024-06-21")
+    assert first.success
+    detail = spark.sql(f"DESCRIBE DETAIL {destination.sql_name}").collect()[0]
+    assert list(detail.clusteringColumns) == ["position_date"] and list(detail.partitionColumns) == []
+    before = table_rows(spark, destination)
+    seeded["tables"].source.delta_table(spark).update("position_date = '2024-06-18'", {"value": "value + 1000"})
+    rerun = materialize_destination(resources, "2024-06-18")
+    checks = rerun.get_asset_check_evaluations()
+    assert checks and all(check.passed for check in checks), [(c.check_name, c.passed) for c in checks]
+    after = table_rows(spark, destination)
+    dates = ["2024-06-17", "2024-06-18", "2024-06-20", "2024-06-21"]  # 2024-06-19 is Juneteenth
+    assert rows_per_date(spark, destination) == {day: 10 for day in dates}
+    assert [r for r in after if str(r[0]) != "2024-06-18"] == [r for r in before if str(r[0]) != "2024-06-18"]
+    assert [r for r in after if str(r[0]) == "2024-06-18"] != [r for r in before if str(r[0]) == "2024-06-18"]
