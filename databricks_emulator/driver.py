@@ -10,7 +10,8 @@ already mapped ``/dbfs/...`` parameters to its storage). It deliberately imports
 
 The session has the workspace's Unity Catalog (``metastore.py``): ``catalog.schema.table`` names are
 managed Delta tables under the emulator's warehouse folder. The cluster environment names that folder
-(``EMULATOR_WAREHOUSE``); the driver takes it out of the task's environment, so the task's code sees a workspace with catalog names and no paths.
+(``EMULATOR_WAREHOUSE``); the driver takes it out of the task's environment, so the task's code sees a
+workspace with catalog names and no paths.
 
 Two faults act here, in the task's process: ``EMULATOR_HOLD_S`` (the run is RUNNING, its driver waits
 before it runs the task) and ``EMULATOR_FAIL_FIRST_WRITE`` (the task's first Spark write raises
