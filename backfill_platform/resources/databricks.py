@@ -19,8 +19,8 @@ setting fails the first step that needs Databricks, with a message naming the va
 
 The seam: this module binds the resource key ``pyspark_step_launcher``
 (``resources/step_launcher.py``). The launcher is marked superseded by Dagster Pipes upstream (it
-warns once per process); a Pipes-based launcher would be bound to the same key without touching
-the asset.
+warns once per process). A Pipes client cannot simply be bound at that key (Dagster picks a step
+launcher by type, and Pipes needs the asset body to call the client): docs/databricks.md.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ REMOTE_SETTING_VARS = (
     "BACKFILL_SOURCE_TABLE",
     "BACKFILL_DESTINATION_TABLE",
     "BACKFILL_CALENDAR_TABLE",
+    "BACKFILL_TABLE_LAYOUT",
     "BACKFILL_START_DATE",
     "BACKFILL_HOLIDAY_CALENDAR",
     "BACKFILL_EXTRA_CLOSURES",

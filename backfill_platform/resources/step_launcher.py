@@ -1,9 +1,9 @@
-"""Where ``destination_data``'s step executes: the seam between the asset and the cluster.
+"""Where each asset's step executes: the seam between the assets and the cluster.
 
-The asset requires the resource key ``pyspark_step_launcher``. Locally it is bound to a no-op
+The assets require the resource key ``pyspark_step_launcher``. Locally it is bound to a no-op
 (``None``): the step runs in the run's own process. On Databricks it is bound to
-``dagster_databricks.databricks_pyspark_step_launcher`` (see ``resources/databricks.py``); a Dagster
-Pipes-based launcher could be bound here later without touching the asset.
+``dagster_databricks.databricks_pyspark_step_launcher`` (see ``resources/databricks.py``). A Dagster
+Pipes version would change the asset bodies, not only this binding (docs/databricks.md).
 """
 
 import dagster as dg

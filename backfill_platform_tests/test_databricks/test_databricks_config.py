@@ -8,7 +8,12 @@ import dagster as dg
 import pytest
 
 from backfill_platform.resources import local_resources, resources_for
-from backfill_platform.resources.databricks import DatabricksConfigError, databricks_step_launcher
+from backfill_platform.resources.databricks import (
+    REMOTE_SETTING_VARS,
+    DatabricksConfigError,
+    databricks_step_launcher,
+    remote_environment,
+)
 from backfill_platform.settings import Settings
 from backfill_platform_tests.conftest import free_port
 from backfill_platform_tests.helpers import destination_data
@@ -205,3 +210,18 @@ def test_a_run_the_launcher_stopped_waiting_for_is_a_transient_timeout():
     assert still_running.allow_retries is False  # a run that simply "failed" for no known reason: logic
     assert waited.allow_retries is True and waited.classification == TRANSIENT
     assert "took more than 570s" in waited.description
+
+
+def test_every_setting_the_cluster_rebuilds_the_definitions_from_reaches_it():
+    """The step on the cluster rebuilds the definitions from its environment: every variable that
+    shapes the tables, the calendar, the chunks or the data gates must travel (a missing one, such as
+    BACKFILL_TABLE_LAYOUT once was, silently takes its default there); secrets never do."""
+    shaping = {"BACKFILL_CATALOG", "BACKFILL_SCHEMA", "BACKFILL_SOURCE_TABLE", "BACKFILL_DESTINATION_TABLE",
+               "BACKFILL_CALENDAR_TABLE", "BACKFILL_TABLE_LAYOUT", "BACKFILL_START_DATE",
+               "BACKFILL_HOLIDAY_CALENDAR", "BACKFILL_EXTRA_CLOSURES", "BACKFILL_MAX_PARTITIONS_PER_RUN",
+               "BACKFILL_MIN_KEPT_SHARE"}
+    assert shaping <= set(REMOTE_SETTING_VARS)
+    environ = {name: "x" for name in shaping} | {"DATABRICKS_TOKEN": "dapi-1", "BACKFILL_TABLE_LAYOUT": "clustered"}
+    sent = remote_environment(Settings(deployment="databricks"), environ)
+    assert sent["BACKFILL_TABLE_LAYOUT"] == "clustered" and sent["BACKFILL_DEPLOYMENT"] == "databricks"
+    assert "DATABRICKS_TOKEN" not in sent and "dapi-1" not in sent.values()
