@@ -173,7 +173,7 @@ def test_fast_has_partition_key_agrees_with_dagsters_own_check():
     assert hash(business_day_partitions) == dg.TimeWindowPartitionsDefinition.__hash__(business_day_partitions)
 
 
-def test_partition_keys_are_dagsters_computed_once_per_day():
+def test_memoized_partition_keys_are_dagsters_a_fresh_list_each_call_and_honour_current_time():
     """get_partition_keys is memoized per last partition (plan over 10 years asks several times): the
     same keys as Dagster's own walk, a fresh list each call, and an explicit current_time still honoured."""
     business_days = BusinessDays.from_settings(CalendarSettings(start_date=dt.date(2016, 1, 1)))

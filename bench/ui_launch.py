@@ -72,7 +72,7 @@ def measure_ui_launch_overhead(work: Path, data_dir: Path, keys: list[str], time
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home), "BACKFILL_DATA_DIR": str(data_dir),
            "BACKFILL_DESTINATION_TABLE": "dest_ui_launch", "BACKFILL_SPARK_REMOTE": "", "PYTHONUNBUFFERED": "1"}
-    dg.DagsterInstance.from_config(str(home)).dispose()  # create the storage before two processes open it
+    processes.initialize_instance_storage(home)  # before two processes (webserver, daemon) open it at once
     port = _free_port()
     log = open(work / "logs" / "ui-launch-webserver.log", "wb")
     webserver = subprocess.Popen(

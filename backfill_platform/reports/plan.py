@@ -260,11 +260,7 @@ class CalendarChanges:
     delete_sql: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            **dataclasses.asdict(self),
-            "new_business_days": [dataclasses.asdict(day) for day in self.new_business_days],
-            "stale_dates": [dataclasses.asdict(day) for day in self.stale_dates],
-        }
+        return dataclasses.asdict(self)  # nested ChangedDays too
 
     def render_lines(self) -> list[str]:
         lines = [f"Calendar changes {self.first}..{self.last} (destination rows vs the current calendar):"]
