@@ -176,16 +176,16 @@ def cmd_status(context: CommandContext, args) -> int:
 
 def export_history(context: CommandContext, history) -> dict:
     """The seed's backfill_log (``reports/export_log.py``); a table in an older format is a usage error
-    (exit 2) saying what to do."""
+    (exit 2) saying what to do. Locally the command's Spark session writes the path table; on the
+    Databricks deployment a one-off run on the cluster writes the Unity Catalog table by name."""
     from backfill_platform.reports.export_log import LogFormatError, export_log
+
+    settings = context.settings
+    if settings.deployment == "databricks":
+        return _export_on_the_cluster(context, history)
     from backfill_platform.resources.spark import local_spark_config, start_spark_session
     from backfill_platform.resources.tables import DeltaTables
 
-    settings = context.settings
-    if settings.deployment != "local":
-        raise UsageError(
-            "--export-log writes with the local Spark session; on Databricks run it from a notebook or job"
-        )
     location = DeltaTables.from_settings(settings, mode="path").location(settings.tables.log_table)
     spark = start_spark_session(local_spark_config(settings))
     try:
@@ -193,3 +193,24 @@ def export_history(context: CommandContext, history) -> dict:
     except LogFormatError as error:
         raise UsageError(str(error)) from None
     return {**result, "table": str(location)}
+
+
+def _export_on_the_cluster(context: CommandContext, history) -> dict:
+    """The rows made here from the Dagster instance, MERGEd by ``export_request`` on the cluster."""
+    from backfill_platform.reports.export_log import history_rows, rows_to_json
+    from backfill_platform.resources.cluster_task import ClusterRunFailed, ClusterTask
+    from backfill_platform.resources.databricks import databricks_tables
+
+    location = databricks_tables(context.settings).location(context.settings.tables.log_table)
+    rows = history_rows(history, context.instance)
+    task = ClusterTask(context.settings, "export_log", run_name=f"backfill_platform export_log {location.name}")
+    try:
+        answer = task.run(
+            "merge", {"table": location.name, "rows": rows_to_json(rows)},
+            f"MERGE of {len(rows)} backfill_log row(s) into {location.name}",
+        )
+    except ClusterRunFailed as failure:
+        raise UsageError(f"{failure} Check DESCRIBE HISTORY {location.name}.") from None
+    if answer.get("error"):
+        raise UsageError(answer["error"])  # LogFormatError's message: what to do
+    return {**answer["counts"], "table": str(location)}

@@ -9,20 +9,16 @@ on an embedded Spark and on a Spark Connect server (``BACKFILL_SPARK_REMOTE``): 
 On the Databricks deployment (``BACKFILL_DEPLOYMENT=databricks``) this process has no Spark session
 on the workspace: the plan and the commit each run on the configured cluster as a one-off run
 (``runs/submit`` of a ``spark_python_task``, with the cluster, libraries and timeout of the step
-launcher), which calls :func:`~backfill_platform.restore.restore_request` with the table's Unity
-Catalog name; the request and the report travel through DBFS under the staging prefix. The Dagster
+launcher: ``resources/cluster_task.py``), which calls :func:`~backfill_platform.restore.restore_request`
+with the table's Unity Catalog name; the request and the report travel through DBFS under the staging
+prefix. The Dagster
 side (work in flight, the materializations of the restored dates) stays here, as locally.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
-import json
-import logging
 import sys
-import uuid
-import zipfile
 from typing import Any
 
 from backfill_platform.cli.common import (
@@ -35,6 +31,7 @@ from backfill_platform.cli.common import (
     say,
 )
 from backfill_platform.resources import local_resources
+from backfill_platform.resources.cluster_task import ClusterRunFailed, ClusterTask
 from backfill_platform.restore import (
     RestoreError,
     RestoreReport,
@@ -47,7 +44,7 @@ from backfill_platform.restore import (
     report_from_json,
     report_to_json,
 )
-from backfill_platform.settings import PROJECT_ROOT, Settings
+from backfill_platform.settings import Settings
 
 
 def add_command(commands) -> None:
@@ -144,48 +141,14 @@ class LocalRestore:
         return commit_restore(self.spark, self.destination, planned)
 
 
-CLUSTER_MAIN = '''"""backfill-platform restore on the cluster: restore_main.py CODE_ZIP REQUEST_JSON ANSWER_JSON."""
-import json
-import sys
-import tempfile
-import zipfile
-
-code_zip, request_file, answer_file = sys.argv[1:4]
-folder = tempfile.mkdtemp(prefix="backfill_platform_restore_")
-with zipfile.ZipFile(code_zip) as archive:
-    archive.extractall(folder)
-sys.path.insert(0, folder)
-from backfill_platform.restore import restore_request  # noqa: E402
-
-with open(request_file) as handle:
-    request = json.load(handle)
-answer = restore_request(spark, request)  # noqa: F821 - the cluster's session (a Databricks runtime global)
-with open(answer_file, "w") as handle:
-    json.dump(answer, handle)
-print(json.dumps({"action": request["action"], "error": answer.get("error")}))
-'''
-
-
 class ClusterRestore:
     """The restore on the Databricks deployment's cluster: each step a one-off Databricks run."""
 
     def __init__(self, settings: Settings):
-        import tempfile
-
-        from backfill_platform.resources.databricks import build_step_launcher, databricks_tables
+        from backfill_platform.resources.databricks import databricks_tables
 
         self.destination = databricks_tables(settings).destination
-        with tempfile.TemporaryDirectory() as unused:  # the launcher's step code folder: no step is launched
-            # validates the settings, reads the credentials, checks the workspace and the cluster
-            self.launcher = build_step_launcher(settings, unused)
-        self.client = self.launcher.databricks_runner.client
-        self.folder = f"{self.launcher.staging_prefix}/restore/{uuid.uuid4().hex}"
-        self.steps = 0
-        self._put("restore_main.py", CLUSTER_MAIN.encode())
-        self._put("code.zip", _code_zip())
-
-    def _put(self, name: str, data: bytes) -> None:
-        self.client.put_file(io.BytesIO(data), f"{self.folder}/{name}", overwrite=True)
+        self.task = ClusterTask(settings, "restore", run_name=f"backfill_platform restore {self.destination.name}")
 
     def plan(self, **target: Any) -> RestoreReport:
         dates = target.pop("dates")
@@ -195,42 +158,15 @@ class ClusterRestore:
         return self._run({"action": "commit", "planned": report_to_json(planned)})
 
     def _run(self, request: dict[str, Any]) -> RestoreReport:
-        from dagster_databricks.databricks import DatabricksError
-
-        self.steps += 1
-        name = f"{self.steps}_{request['action']}"
+        action = request["action"]
         request = {**request, "table": self.destination.name, "path": self.destination.path}
-        self._put(f"{name}_request.json", json.dumps(request).encode())
-        task = {"spark_python_task": {
-            "python_file": f"dbfs:{self.folder}/restore_main.py",
-            "parameters": [
-                f"/dbfs{self.folder}/{file}" for file in ("code.zip", f"{name}_request.json", f"{name}_answer.json")
-            ],
-        }}
-        run_config = {**self.launcher.run_config, "run_name": f"backfill_platform restore {self.destination.name}"}
-        runner = self.launcher.databricks_runner
-        run_id = runner.submit_run(run_config, task)
-        say(f"Databricks run {run_id}: restore {request['action']} of {self.destination.name} on the cluster")
         try:
-            self.client.wait_for_run_to_complete(
-                logging.getLogger("backfill_platform.restore"), run_id, poll_interval_sec=runner.poll_interval_sec,
-                max_wait_time_sec=runner.max_wait_time_sec, verbose_logs=False,
-            )
-        except DatabricksError as error:
+            answer = self.task.run(action, request, f"restore {action} of {self.destination.name}")
+        except ClusterRunFailed as failure:
             raise RestoreError(
-                f"Databricks run {run_id} of the restore's {request['action']} did not succeed: {error}"
-                + ("" if request["action"] == "plan" else " Check DESCRIBE HISTORY: the table may have changed.")
+                f"Databricks run {failure.run_id} of the restore's {action} did not succeed: {failure.detail}"
+                + ("" if action == "plan" else " Check DESCRIBE HISTORY: the table may have changed.")
             ) from None
-        answer = json.loads(self.client.read_file(f"{self.folder}/{name}_answer.json"))
         if answer.get("error"):
             raise RestoreError(answer["error"])
         return report_from_json(answer["report"])
-
-
-def _code_zip() -> bytes:
-    """The ``backfill_platform`` package, as the step launcher ships it to the cluster."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted((PROJECT_ROOT / "backfill_platform").rglob("*.py")):
-            archive.write(path, path.relative_to(PROJECT_ROOT).as_posix())
-    return buffer.getvalue()

@@ -26,6 +26,12 @@ zone, so the machine's zone plays no part). Written with a Delta ``MERGE`` on
 ``(run_id, position_date)``: exporting twice updates rows in place, never duplicates. Dagster's
 storage stays the source of truth; this table is a read-only copy. A table in the export's earlier
 format (``retry_metadata`` a JSON string of tags) is refused with what to do (:class:`LogFormatError`).
+
+The rows come from the Dagster instance (:func:`history_rows`); :func:`write_log` writes them with a
+Spark session. Locally that is the command's own session and a path table; on the Databricks
+deployment the command has no Spark session on the workspace, so the rows travel as JSON
+(:func:`rows_to_json`) to a one-off run on the cluster (``resources/cluster_task.py``), where
+:func:`export_request` writes them into the Unity Catalog table by name.
 """
 
 from __future__ import annotations
@@ -246,31 +252,75 @@ def _check_format(spark: Any, location: Any) -> None:
     )
 
 
+def history_rows(history: History, instance: Any = None) -> list[tuple[Any, ...]]:
+    """:func:`log_rows` of ``history``; with the Dagster ``instance``, the Databricks runs of its runs' steps."""
+    databricks = databricks_runs(instance, [run.run_id for run in history.runs]) if instance is not None else {}
+    return log_rows(history, databricks)
+
+
 def export_log(spark: Any, location: Any, history: History, instance: Any = None) -> dict[str, int]:
     """MERGE the history into the Delta table at ``location`` (a ``DeltaLocation``: a path, or a
     Unity Catalog / metastore name); create it first if needed. ``instance`` (optional): the Dagster
     instance, to find the Databricks runs of the history's runs. Returns rows in the history and rows
     in the table afterwards."""
-    from delta.tables import DeltaTable
+    return write_log(spark, location, history_rows(history, instance))
+
+
+def write_log(spark: Any, location: Any, rows: list[tuple[Any, ...]]) -> dict[str, int]:
+    """MERGE ``rows`` (:data:`ROWS_SCHEMA`) into the table at ``location`` on (run_id, position_date),
+    in a UTC session; create the table first if needed (Delta SQL: by path, or by a Unity Catalog name,
+    which open-source Delta's ``DeltaTable.createIfNotExists(...).tableName`` cannot parse). A table of
+    another format: :class:`LogFormatError`. Returns rows merged and rows in the table afterwards."""
     from pyspark.sql.types import StructType
 
+    zone = spark.conf.get("spark.sql.session.timeZone")
     spark.conf.set("spark.sql.session.timeZone", "UTC")
-    databricks = databricks_runs(instance, [run.run_id for run in history.runs]) if instance is not None else {}
-    rows = log_rows(history, databricks)
-    if location.exists(spark):
-        _check_format(spark, location)
-    else:
-        builder = DeltaTable.createIfNotExists(spark).addColumns(StructType.fromDDL(LOG_SCHEMA))
-        location.builder_target(builder).execute()
-    columns = [field.name for field in StructType.fromDDL(LOG_SCHEMA).fields]
-    updates = spark.createDataFrame(rows, ROWS_SCHEMA).selectExpr(
-        *[("parse_json(retry_metadata_json) AS retry_metadata" if c == "retry_metadata" else c) for c in columns]
-    )
-    (
-        location.delta_table(spark).alias("log")
-        .merge(updates.alias("u"), "log.run_id = u.run_id AND log.position_date = u.position_date")
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
-    return {"history_rows": len(rows), "table_rows": location.read(spark).count()}
+    try:
+        if location.exists(spark):
+            _check_format(spark, location)
+        else:
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {location.sql_name} ({LOG_SCHEMA}) USING DELTA").collect()
+        columns = [field.name for field in StructType.fromDDL(LOG_SCHEMA).fields]
+        updates = spark.createDataFrame(rows, ROWS_SCHEMA).selectExpr(
+            *[("parse_json(retry_metadata_json) AS retry_metadata" if c == "retry_metadata" else c) for c in columns]
+        )
+        (
+            location.delta_table(spark).alias("log")
+            .merge(updates.alias("u"), "log.run_id = u.run_id AND log.position_date = u.position_date")
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+        return {"history_rows": len(rows), "table_rows": location.read(spark).count()}
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", zone)
+
+
+# ------------------------------------------------------------ on the Databricks deployment's cluster
+
+_FROM_JSON = {"date": dt.date.fromisoformat, "timestamp": dt.datetime.fromisoformat}
+
+
+def rows_to_json(rows: Iterable[tuple[Any, ...]]) -> list[list[Any]]:
+    """Rows as JSON values: dates and (UTC) times in ISO 8601, everything else as it is."""
+    return [[v.isoformat() if isinstance(v, dt.date) else v for v in row] for row in rows]
+
+
+def rows_from_json(rows: Iterable[list[Any]]) -> list[tuple[Any, ...]]:
+    """The rows :func:`rows_to_json` wrote, as they were (times keep their UTC offset)."""
+    kinds = [column.split()[1] for column in ROWS_SCHEMA.split(", ")]  # "name type" pairs: no Spark needed
+    parse = [_FROM_JSON.get(kind) for kind in kinds]
+    return [tuple(p(v) if p and v is not None else v for p, v in zip(parse, row, strict=True)) for row in rows]
+
+
+def export_request(spark: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """On the cluster (``resources/cluster_task.py``): :func:`write_log` of ``request["rows"]`` (JSON,
+    :func:`rows_to_json`) into the table ``request["table"]`` (its Unity Catalog name). The answer:
+    the counts, or the :class:`LogFormatError` message."""
+    from backfill_platform.resources.tables import DeltaLocation
+
+    try:
+        counts = write_log(spark, DeltaLocation(request["table"], None), rows_from_json(request["rows"]))
+    except LogFormatError as error:
+        return {"error": str(error)}
+    return {"counts": counts}

@@ -10,6 +10,9 @@ restore`` on the Databricks deployment (issue 14).
    ``backfill-platform restore`` (the CLI, as a user runs it) rolls the table back on the cluster: the
    whole table (Delta RESTORE, in DESCRIBE HISTORY as RESTORE), then one date (replaceWhere by name),
    each a plan run and a commit run on the cluster; a bad version changes nothing.
+3. ``backfill-platform status --export-log`` on the Databricks deployment MERGEs the run history (of
+   those materializations) into the Unity Catalog table ``demos.backfill_demo.backfill_log`` in a
+   one-off run on the cluster, incrementally, in UTC; an old-format table is refused and left as it was.
 """
 
 from __future__ import annotations
@@ -29,17 +32,20 @@ from databricks.sdk import WorkspaceClient
 from databricks.sdk.service import jobs
 
 from backfill_platform.resources import local_resources
+from backfill_platform.resources.databricks_launcher import idempotency_token
 from backfill_platform.restore import DateChange, RestoreReport, Target, report_from_json, report_to_json
 from backfill_platform.settings import PROJECT_ROOT, Settings
 from backfill_platform.tags import DESTINATION
 from backfill_platform_tests.helpers import source_data
-from backfill_platform_tests.test_databricks.conftest import CANARY_TOKEN, CATALOG, SCHEMA
+from backfill_platform_tests.test_databricks.conftest import CANARY_TOKEN, CATALOG, SCHEMA, STEP_MAX_RETRIES
+from backfill_platform_tests.test_reports.test_seed_log import OLD_SCHEMA, SEED_COLUMNS, _utc
 from databricks_emulator import DEFAULT_CLUSTER_ID
 
 SOURCE_CONFIG = {"first_day": "2025-02-03", "last_day": "2025-02-07", "rows_per_date": 7, "seed": 5}
 DAY = "2025-02-04"
 KEPT = 3  # rows of DAY left in the source before the second materialization
 DESTINATION_NAME = f"{CATALOG}.{SCHEMA}.destination_data"
+LOG_NAME, OLD_LOG = f"{CATALOG}.{SCHEMA}.backfill_log", "old_backfill_log"
 
 CATALOG_CHECKS = '''
 import json
@@ -149,11 +155,16 @@ def _materialize(deployment, day: str) -> str:
     return done.stdout + done.stderr
 
 
-def _restore(deployment, *argv: str) -> subprocess.CompletedProcess:
+def _cli(deployment, *argv: str, **env: str) -> subprocess.CompletedProcess:
+    """``backfill-platform ARGV...`` as a user runs it, in the deployment's environment (plus ``env``)."""
     return subprocess.run(
-        [str(Path(sys.executable).parent / "backfill-platform"), "restore", *argv],
-        cwd=PROJECT_ROOT, env=deployment.env, capture_output=True, text=True, timeout=900,
+        [str(Path(sys.executable).parent / "backfill-platform"), *argv],
+        cwd=PROJECT_ROOT, env={**deployment.env, **env}, capture_output=True, text=True, timeout=900,
     )
+
+
+def _restore(deployment, *argv: str) -> subprocess.CompletedProcess:
+    return _cli(deployment, "restore", *argv)
 
 
 def _counts(spark, path: Path) -> dict[str, int]:
@@ -211,3 +222,70 @@ def test_restore_on_the_databricks_deployment(spark, emulator, deployment, works
         dg.AssetRecordsFilter(asset_key=DESTINATION, asset_partitions=[DAY]), limit=1
     ).records[0].event_log_entry.asset_materialization
     assert latest.metadata["restored_from_version"].value == 2 and latest.metadata["delta_version"].value == 4
+
+
+def _step_run(emulator, dagster_run_id: str):
+    """The emulator's run of a Dagster run's destination_data step (its last attempt), found by the
+    idempotency token the launcher gave each attempt's submit."""
+    tokens = {idempotency_token(dagster_run_id, "destination_data", n) for n in range(STEP_MAX_RETRIES + 1)}
+    found = [run for run in emulator.runs.values() if run.idempotency_token in tokens]
+    assert found, f"no Databricks run of Dagster run {dagster_run_id}"
+    return max(found, key=lambda run: run.run_id)
+
+
+def _export(deployment, emulator, **env: str) -> tuple[subprocess.CompletedProcess, list]:
+    """``backfill-platform status --export-log`` and the emulator's runs it submitted."""
+    before = set(emulator.runs)
+    done = _cli(deployment, "status", "--export-log", **env)
+    assert CANARY_TOKEN not in done.stdout + done.stderr
+    return done, [emulator.runs[run_id] for run_id in sorted(set(emulator.runs) - before)]
+
+
+def test_export_log_on_the_databricks_deployment(spark, emulator, deployment, workspace_source):
+    records = deployment.instance.get_run_records()
+    if not records:  # run on its own: without the restore test's two materializations of DAY
+        _materialize(deployment, DAY)
+        records = deployment.instance.get_run_records()
+    assert records and {r.dagster_run.status for r in records} == {dg.DagsterRunStatus.SUCCESS}
+    table, count = emulator.warehouse / CATALOG / SCHEMA / "backfill_log", len(records)
+
+    first, submitted = _export(deployment, emulator)
+    assert first.returncode == 0, first.stdout + first.stderr[-4000:]
+    assert f"backfill_log: {count} row(s) merged into {LOG_NAME}; the table has {count} row(s)" in first.stderr
+    assert [(run.result_state, run.task["existing_cluster_id"]) for run in submitted] == [
+        ("SUCCESS", DEFAULT_CLUSTER_ID)
+    ]
+    assert f"Databricks run {submitted[0].run_id}: " in first.stdout
+    # the managed table of the name, in the emulator's warehouse: the seed's columns and types
+    frame = spark.read.format("delta").load(str(table))
+    schema = [(field.name, field.dataType.simpleString()) for field in frame.schema.fields]
+    assert schema[: len(SEED_COLUMNS)] == SEED_COLUMNS
+    rows = {(row.run_id, str(row.position_date)): row for row in frame.collect()}
+    assert set(rows) == {(record.dagster_run.run_id, DAY) for record in records}
+    for record in records:
+        row, step = rows[(record.dagster_run.run_id, DAY)], _step_run(emulator, record.dagster_run.run_id)
+        assert (row.status, row.dagster_status, row.retry_metadata) == ("SUCCESS", "SUCCESS", None)
+        assert row.job_id == str(step.run_id)  # the Databricks run of the step, not the Dagster job
+        assert row.run_page_url == f"{emulator.url}/#job/{step.job_id}/run/{step.run_id}"
+        assert (row.start_time, row.end_time) == (_utc(record.start_time), _utc(record.end_time))  # UTC
+
+    again, submitted = _export(deployment, emulator)
+    assert again.returncode == 0, again.stdout + again.stderr[-4000:]
+    assert f"backfill_log: {count} row(s) merged into {LOG_NAME}; the table has {count} row(s)" in again.stderr
+    assert [run.result_state for run in submitted] == ["SUCCESS"]
+    assert sorted(spark.read.format("delta").load(str(table)).collect()) == sorted(frame.collect())
+    assert [operation for _, operation in _history(spark, table)][-2:] == ["MERGE", "MERGE"]
+
+    old = emulator.warehouse / CATALOG / SCHEMA / OLD_LOG  # a table of the export's earlier format
+    row = ("r1", dt.date.fromisoformat(DAY), "job", "SUCCESS", None, None, None, 1, None, '{"a": "b"}', None, None,
+           None)
+    spark.createDataFrame([row], OLD_SCHEMA).write.format("delta").save(str(old))
+    refused, submitted = _export(deployment, emulator, BACKFILL_LOG_TABLE=OLD_LOG)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-4000:]
+    assert f"{CATALOG}.{SCHEMA}.{OLD_LOG} has the old backfill_log format" in refused.stderr
+    assert (
+        f"DROP TABLE `{CATALOG}`.`{SCHEMA}`.`{OLD_LOG}`, then run `backfill-platform status --export-log` again"
+        in refused.stderr
+    )
+    assert [run.result_state for run in submitted] == ["SUCCESS"]
+    assert _history(spark, old) == [(0, "WRITE")] and spark.read.format("delta").load(str(old)).count() == 1
