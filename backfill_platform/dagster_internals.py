@@ -73,6 +73,17 @@ replace it.
     UI or the CLI waits up to 30 s to submit its first runs, and again for every later step
     public replacement: none; remove once the backfill daemon's interval is an instance setting
 
+:func:`wait_for_run_retry_decisions_in_backfills` (an UPSTREAM WORKAROUND)
+    internal used: ``dagster._core.execution.asset_backfill.backfill_runs_are_complete`` (wrapped in the
+    daemon process by ``instance.py``), ``WILL_RETRY_TAG``, ``BACKFILL_ID_TAG``
+    why: a run marked failed from outside (its worker SIGKILLed, found by run monitoring) gets its
+    FAILURE status and, in a second write, ``dagster/will_retry``. A backfill evaluated in between
+    finds no run in progress and none waiting to retry, completes, and run retries then refuse the
+    run ("part of a backfill that is in a terminal state"): the date is neither retried nor rerun.
+    The wrapper keeps the backfill in progress while a failed run of it has no retry decision yet.
+    public replacement: none; remove once Dagster writes the status and the tag atomically
+    (``test_dagster_internals.py`` has the reproduction)
+
 :func:`instance_config_defaults`
     internal used: ``InstanceRef.config_defaults``
     why: Dagster asks a custom ``instance_class`` (``instance.py``) for its storage defaults; these
@@ -425,3 +436,51 @@ def set_backfill_daemon_interval(seconds: float) -> None:
     from dagster._daemon import controller
 
     controller.DEFAULT_DAEMON_INTERVAL_SECONDS = seconds
+
+
+# --- UPSTREAM WORKAROUND: a backfill can complete between a run's FAILURE and its will_retry tag ------
+# Dagster 1.13.27, dagster/_core/instance/methods/event_methods.py, handle_new_event: a RUN_FAILURE event
+# updates the run's status (handle_run_event), THEN adds dagster/will_retry (add_run_tags): two writes.
+# asset_backfill.backfill_runs_are_complete, evaluated by the backfill daemon between them, sees a failed
+# run without the tag, not "complete_and_waiting_to_retry", and the backfill ends COMPLETED_FAILED;
+# auto_run_reexecution.should_retry then refuses the retry because the backfill is terminal. Seen in
+# test_retry_acceptance.py (S6, SIGKILLed worker): RUN_FAILURE at t, backfill ended at t + 0.18 s,
+# "Not retrying run since it is part of a backfill that is in a terminal state (COMPLETED_FAILED)".
+
+
+def wait_for_run_retry_decisions_in_backfills() -> None:
+    """In this process, an asset backfill is not complete while one of its failed runs has no
+    ``dagster/will_retry`` decision yet (run retries enabled). Installing it again changes nothing."""
+    from dagster._core.execution import asset_backfill
+
+    complete = asset_backfill.backfill_runs_are_complete
+    if getattr(complete, "_waits_for_retry_decisions", False):
+        return
+
+    def backfill_runs_are_complete(backfill_id, instance, logger):
+        if not complete(backfill_id, instance, logger):
+            return False
+        return not _failed_runs_without_retry_decision(instance, backfill_id, logger)
+
+    backfill_runs_are_complete._waits_for_retry_decisions = True
+    backfill_runs_are_complete.__wrapped__ = complete
+    asset_backfill.backfill_runs_are_complete = backfill_runs_are_complete
+
+
+RETRY_DECISION_WAIT_S = 60.0  # a failure older than this without the tag will never get one (retries were off)
+
+
+def _failed_runs_without_retry_decision(instance, backfill_id: str, logger) -> list[str]:
+    from dagster._core.storage.tags import BACKFILL_ID_TAG, WILL_RETRY_TAG
+
+    if not instance.run_retries_enabled:
+        return []
+    undecided = [
+        record.dagster_run.run_id for record in instance.get_run_records(dg.RunsFilter(
+            tags={BACKFILL_ID_TAG: backfill_id}, statuses=[dg.DagsterRunStatus.FAILURE]))
+        if WILL_RETRY_TAG not in record.dagster_run.tags
+        and time.time() - (record.end_time or record.update_timestamp.timestamp()) < RETRY_DECISION_WAIT_S
+    ]
+    if undecided:
+        logger.info(f"Failed runs of the backfill without a run retry decision yet; still in progress: {undecided}")
+    return undecided

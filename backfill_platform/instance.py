@@ -16,16 +16,19 @@ guards that must be in force in the webserver too:
   files stay in WAL mode (the UPSTREAM WORKAROUND ``dagster_internals.wait_for_sqlite_locks``): a write
   held up by the daemon, the webserver, a CLI, the runs or a maintenance script no longer fails a run;
 - in the daemon process, the backfill daemon evaluates backfills every
-  ``BACKFILL_DAEMON_BACKFILL_INTERVAL_SECONDS`` (default 3) instead of Dagster's hard-coded 30 (the
+  ``BACKFILL_DAEMON_BACKFILL_INTERVAL_SECONDS`` (default 1) instead of Dagster's hard-coded 30 (the
   UPSTREAM WORKAROUND ``dagster_internals.set_backfill_daemon_interval``): a backfill's first runs are
   submitted seconds after the launch, its next ones soon after the previous ones end, and it is marked
-  complete soon after its last run. 3 s is what the whole test suite runs with (conftest.py); an
-  evaluation with nothing to do is one query of the backfill table.
+  complete soon after its last run (1 s instead of 3 s took a 13-date UI backfill's overhead from
+  7.25 s to 3.98 s, bench/ui_launch.py, issue 13). An evaluation with nothing to do is one query of
+  the backfill table; the test suite runs with the default. The daemon also waits for the run retry
+  decision of a backfill's failed runs before it completes the backfill (the UPSTREAM WORKAROUND
+  ``dagster_internals.wait_for_run_retry_decisions_in_backfills``).
 
 | variable | default | meaning |
 | --- | --- | --- |
 | ``BACKFILL_SQLITE_BUSY_TIMEOUT_SECONDS`` | ``60`` | seconds a SQLite write waits for another's lock, then fails |
-| ``BACKFILL_DAEMON_BACKFILL_INTERVAL_SECONDS`` | ``3`` | seconds between backfill daemon evaluations (Dagster: 30) |
+| ``BACKFILL_DAEMON_BACKFILL_INTERVAL_SECONDS`` | ``1`` | seconds between backfill daemon evaluations (Dagster: 30) |
 
 The run coordinator (``concurrency.py``) is loaded lazily, on the first run submitted, so it could not
 hold this guard: the webserver can receive a ``launchPartitionBackfill`` before any submission.
@@ -47,7 +50,7 @@ dagster_internals.refuse_unknown_partition_keys_in_asset_backfills(explain_parti
 SQLITE_BUSY_TIMEOUT_VARIABLE = "BACKFILL_SQLITE_BUSY_TIMEOUT_SECONDS"
 DEFAULT_SQLITE_BUSY_TIMEOUT_S = 60.0
 BACKFILL_INTERVAL_VARIABLE = "BACKFILL_DAEMON_BACKFILL_INTERVAL_SECONDS"
-DEFAULT_BACKFILL_INTERVAL_S = 3.0
+DEFAULT_BACKFILL_INTERVAL_S = 1.0
 
 
 def _seconds(variable: str, default: float, environ: Mapping[str, str] | None) -> float:
@@ -76,6 +79,7 @@ class BackfillPlatformInstance(dg.DagsterInstance):
         if daemon_lock.is_daemon_process():
             daemon_lock.hold_daemon_lock_or_exit(self.root_directory)
             dagster_internals.set_backfill_daemon_interval(backfill_daemon_interval_s())
+            dagster_internals.wait_for_run_retry_decisions_in_backfills()
 
     # What Dagster asks a custom instance class for: no settings of its own, Dagster's defaults.
     @classmethod

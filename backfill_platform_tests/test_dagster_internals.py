@@ -95,3 +95,33 @@ def test_cancel_backfill_marks_it_canceling_for_the_daemon(instance):
     dagster_internals.cancel_backfill(instance, backfill_id)
     assert instance.get_backfill(backfill_id).status == dagster_internals.BulkActionStatus.CANCELING
     assert dagster_internals.requested_backfills(instance) == []
+
+
+def test_a_backfill_waits_for_the_run_retry_decision_of_its_failed_runs(tmp_path):
+    """UPSTREAM WORKAROUND ``wait_for_run_retry_decisions_in_backfills``. The reproduction: a failed run
+    of a backfill without ``dagster/will_retry`` (the state between the two writes of a RUN_FAILURE with
+    run retries on). Dagster's own check calls the backfill's runs complete, so the daemon ends the
+    backfill and run retries then refuse to retry the run; the wrapped check waits for the decision."""
+    import logging
+
+    from dagster._core.execution import asset_backfill
+
+    @dg.asset
+    def breaks():
+        raise RuntimeError("worker lost")
+
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as without_retries:  # writes no will_retry tag
+        failed = dg.materialize([breaks], instance=without_retries, tags={"dagster/backfill": "b1"},
+                                raise_on_error=False)
+    log = logging.getLogger("test")
+    with dg.instance_for_test(temp_dir=str(tmp_path), overrides={"run_retries": {"enabled": True}}) as instance:
+        assert "dagster/will_retry" not in instance.get_run_by_id(failed.run_id).tags
+        dagster_internals.wait_for_run_retry_decisions_in_backfills()
+        dagster_internals.wait_for_run_retry_decisions_in_backfills()  # installing twice wraps once
+        wrapped = asset_backfill.backfill_runs_are_complete
+        assert wrapped.__wrapped__("b1", instance, log) is True  # Dagster alone: complete, retry lost
+        assert wrapped("b1", instance, log) is False  # waits for the decision
+        instance.add_run_tags(failed.run_id, {"dagster/will_retry": "false"})
+        assert wrapped("b1", instance, log) is True
+        instance.add_run_tags(failed.run_id, {"dagster/will_retry": "true"})  # a retry is due: Dagster waits
+        assert wrapped.__wrapped__("b1", instance, log) is False and wrapped("b1", instance, log) is False
