@@ -460,7 +460,7 @@ def test_a_canceled_failure_is_final_for_all_its_dates():
 
 def test_a_logic_error_naming_bad_dates_is_final_for_those_and_one_naming_none_for_the_whole_range():
     """Issue 11: one failure, one decision. A logic error with bad dates is per-date (the others are
-    rerun one per run); without bad dates it is range-wide (schema drift, missing table, bad
+    rerun as ranges); without bad dates it is range-wide (schema drift, missing table, bad
     configuration) and final for every date of the run at once, so the alert sensor sends one alert."""
     chunk = ("2024-03-04", "2024-03-05", "2024-03-06")
 

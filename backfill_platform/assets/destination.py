@@ -167,13 +167,13 @@ def _read_source(spark, source: DeltaLocation) -> tuple[int, Any]:
     Connect sessions."""
     from pyspark.sql import functions as F
 
-    if not source.exists(spark):
+    version = source.version_if_exists(spark)
+    if version is None:
         raise dg.Failure(
             f"The source table {source} does not exist. Materialize source_data first "
             "(backfill-platform backfill does this for you in the local deployment).",
             allow_retries=False,
         )
-    version = source.latest_version(spark)
     frame = spark.sql(f"SELECT * FROM {source.sql_name} VERSION AS OF {version}")
     actual = dict(frame.dtypes)
     problems = [

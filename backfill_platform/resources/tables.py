@@ -43,16 +43,22 @@ class DeltaLocation:
 
     def exists(self, spark: Any) -> bool:
         if self.path:
-            # SQL rather than DeltaTable.isDeltaTable: it also works on a Spark Connect session
-            # (BACKFILL_SPARK_REMOTE), where Delta's Python API needs a server plugin.
-            from pyspark.errors import AnalysisException
-
-            try:
-                spark.sql(f"DESCRIBE HISTORY {self.sql_name} LIMIT 1").collect()
-            except AnalysisException:
-                return False
-            return True
+            return self.version_if_exists(spark) is not None
         return spark.catalog.tableExists(self.name)
+
+    def version_if_exists(self, spark: Any) -> int | None:
+        """The latest Delta version, or None when there is no table (ONE query for a path table).
+
+        SQL rather than DeltaTable.isDeltaTable: it also works on a Spark Connect session
+        (BACKFILL_SPARK_REMOTE), where Delta's Python API needs a server plugin."""
+        if not self.path:
+            return self.latest_version(spark) if spark.catalog.tableExists(self.name) else None
+        from pyspark.errors import AnalysisException
+
+        try:
+            return self.latest_version(spark)
+        except AnalysisException:
+            return None
 
     def delta_table(self, spark: Any) -> Any:
         from delta.tables import DeltaTable
@@ -91,10 +97,6 @@ class DeltaLocation:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
-
-    def builder_target(self, builder: Any) -> Any:
-        """Point a ``DeltaTable.createIfNotExists`` builder at this table."""
-        return builder.location(self.path) if self.path else builder.tableName(self.name)
 
     def last_commit(self, spark: Any) -> Any:
         """The latest row of ``DESCRIBE HISTORY`` (version, operation, operationMetrics, ...)."""

@@ -211,13 +211,13 @@ def finality(
     if error_class == LOGIC:
         if not several or not rerun_sensor_running:
             return ALL_DATES, LOGIC_FINAL
-        if has_bad_dates:  # per-date: the run's other dates are rerun one per run
+        if has_bad_dates:  # per-date: the run's other dates are rerun (rerun.rerun_ranges)
             return BAD_DATES_ONLY, LOGIC_FINAL
         return ALL_DATES, RANGE_WIDE_LOGIC_FINAL  # rerunning its dates one by one would fail each the same way
     if not rerun_sensor_running:
         return ALL_DATES, "retries exhausted (the rerun sensor is not running)"
     if several:
-        return NO_DATES, "range run: its dates are rerun one per run"
+        return NO_DATES, "range run: its dates are rerun in halves"
     if rerun_attempt >= settings.retries.rerun_max_attempts:
         return ALL_DATES, f"gave up after {rerun_attempt} sensor rerun(s)"
     return NO_DATES, "the rerun sensor will rerun it"

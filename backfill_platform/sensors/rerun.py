@@ -10,10 +10,14 @@ Each tick:
    materialized is dropped; one that is queued/running again waits);
 3. decides each date on its own (``failures.finality``, the rule the alert sensor uses too):
 
-   - *rerun*: at most ``BACKFILL_RERUN_BATCH_SIZE`` per tick, one run per date (a failed range run is
-     thereby split into single dates), with the failed run's run config and user tags, and tagged
-     with its lineage: ``rerun_of_run_id``, ``rerun_attempt`` (1, 2, ...), ``rerun_reason``,
-     ``requested_by``;
+   - *rerun*: at most ``BACKFILL_RERUN_BATCH_SIZE`` runs per tick, with the failed run's run config
+     and user tags, and tagged with its lineage: ``rerun_of_run_id``, ``rerun_attempt`` (1, 2, ...),
+     ``rerun_reason``, ``requested_by``. A failed single-date run is rerun as is. A failed range run
+     (a backfill chunk) is **bisected** (``rerun_requests.rerun_ranges``): when its failure names the bad dates
+     (a data gate), its other dates are rerun as the ranges of consecutive business days between
+     them, which should pass; otherwise (transient, unknown) each range of its dates is rerun as two
+     halves, and a half that fails again is halved again. A bad date in a 240-date chunk thus costs
+     about 2 x log2(240) = 16 reruns, not 239, and a chunk whose failure was passing costs 2;
    - *give up, final*: a logic/data error (the bad dates of a range run that names them; every date
      of a range run whose logic error names none, a *range-wide* error: schema drift, missing table,
      bad configuration), a canceled failure, or a date whose failed run was already attempt
@@ -46,7 +50,6 @@ run, not per date: a failed 1,700-date range run costs one entry plus 1,700 shor
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
@@ -73,10 +76,10 @@ from backfill_platform.sensors.failures import (
     give_up_observations,
     run_dates,
 )
+from backfill_platform.sensors.rerun_requests import request_label, rerun_ranges, rerun_request
 from backfill_platform.settings import Settings
 
 GIVEN_UP_KEPT = 500  # give-ups remembered in the cursor (the run tags keep all of them)
-DESTINATION_OP = DESTINATION.path[-1]  # the op of destination_data in any job that materializes it
 
 
 @dataclasses.dataclass
@@ -221,33 +224,6 @@ def _partition_status(
     return status, errors
 
 
-def _rerun_config(run_config: Mapping | None) -> dict:
-    """The failed run's run config, for its rerun (``full_refresh``, ``expectation_policies``...).
-
-    The rerun runs only ``destination_data``: config of other ops (a run of all the assets) would
-    not validate against its job, so only this op's entry of ``ops`` is kept."""
-    config = copy.deepcopy(dict(run_config or {}))
-    ops = config.pop("ops", None)
-    if isinstance(ops, Mapping) and DESTINATION_OP in ops:
-        config["ops"] = {DESTINATION_OP: ops[DESTINATION_OP]}
-    return config
-
-
-def _rerun_request(run: dg.DagsterRun, day: str, failure: dict) -> dg.RunRequest:
-    return dg.RunRequest(
-        run_key=f"rerun:{run.run_id}:{day}",
-        partition_key=day,
-        run_config=_rerun_config(run.run_config),
-        tags={
-            **tags.user_tags(run.tags),
-            tags.RERUN_OF_RUN_ID: run.run_id,
-            tags.RERUN_ATTEMPT: str(failure["rerun_attempt"] + 1),
-            tags.RERUN_REASON: f"{failure['error_class']}: {failure['reason']}"[:200],
-            tags.REQUESTED_BY: RERUN_SENSOR_NAME,
-        },
-    )
-
-
 class _Decider:
     """Step 3: the verdict on one pending date. Each verdict reads only what this tick already
     loaded, plus (for a run retry that is due) the failed run's retries."""
@@ -348,7 +324,7 @@ def decide_reruns(
         failure = cursor.runs.get(cursor.pending[day])
         return (failure["timestamp"] if failure else 0.0, day)
 
-    reruns: list[dg.RunRequest] = []
+    to_rerun: dict[str, list[str]] = {}  # failed run id -> its dates to rerun, oldest failure first
     given_up: dict[tuple[str, str, str, bool], list[str]] = {}  # (run id, kind, why, partitioned) -> dates
     waiting = 0
     for day in sorted(cursor.pending, key=oldest_first):
@@ -356,21 +332,30 @@ def decide_reruns(
         failure = cursor.runs.get(run_id)
         try:
             verdict = decider.verdict(day, run_id, failure, partitioned[day])
-            if verdict.action == "rerun":
-                if len(reruns) >= settings.retries.rerun_batch_size:
-                    waiting += 1
-                    continue
-                reruns.append(_rerun_request(live[run_id], day, failure))
         except Exception as error:  # noqa: BLE001 - one date that cannot be decided must not stop the others
             log.exception(f"Could not decide what to do with {day} (failed run {run_id}); giving it up")
             verdict = _Verdict("give up", GIVE_UP_UNDECIDABLE,
                                f"deciding it failed: {type(error).__name__}: {error}"[:300])
+        if verdict.action == "rerun":
+            to_rerun.setdefault(run_id, []).append(day)
+            continue
         if verdict.action == "wait":
             waiting += 1
             continue
         del cursor.pending[day]
         if verdict.action == "give up":
             given_up.setdefault((run_id, verdict.kind, verdict.why, partitioned[day]), []).append(day)
+
+    reruns: list[dg.RunRequest] = []
+    index = {key: at for at, key in enumerate(business_days.partitions_def.get_partition_keys())}
+    for run_id, days in to_rerun.items():
+        for dates in rerun_ranges(days, cursor.runs[run_id], index):
+            if len(reruns) >= settings.retries.rerun_batch_size:
+                waiting += len(dates)  # left pending: requested at a later tick
+                continue
+            reruns.append(rerun_request(live[run_id], dates, cursor.runs[run_id]))
+            for day in dates:
+                del cursor.pending[day]
 
     give_ups = [
         GiveUp(run_id, tuple(sorted(days)), kind, why, (cursor.runs.get(run_id) or {}).get("rerun_attempt", 0),
@@ -425,9 +410,10 @@ def build_rerun_sensor(
         minimum_interval_seconds=settings.retries.rerun_interval_seconds,
         default_status=default_status,
         description=(
-            "Reruns destination_data dates whose latest run failed (one run per date, with the failed run's "
-            f"config and tags, bounded batches, at most {settings.retries.rerun_max_attempts} reruns per date, "
-            f"failures of the last {settings.retries.rerun_days_back} days); gives up on logic errors "
+            "Reruns destination_data dates whose latest run failed (a failed range run in halves, with the "
+            "failed run's config and tags, bounded batches, no more once a date has failed "
+            f"{settings.retries.rerun_max_attempts} sensor reruns, failures of the last "
+            f"{settings.retries.rerun_days_back} days); gives up on logic errors "
             "(a range-wide one once for all its dates), on run retries that never came and on dates it "
             "cannot decide, and records every give-up."
         ),
@@ -446,7 +432,7 @@ def build_rerun_sensor(
             )
         summary = (
             f"{len(decision.reruns)} rerun(s) requested"
-            + (f" ({', '.join(r.partition_key for r in decision.reruns)})" if decision.reruns else "")
+            + (f" ({', '.join(request_label(r) for r in decision.reruns)})" if decision.reruns else "")
             + (f"; gave up on {sum(len(g.dates) for g in decision.give_ups)} date(s): "
                + "; ".join(f"{g.label} ({g.kind}: {g.why})" for g in decision.give_ups)
                if decision.give_ups else "")

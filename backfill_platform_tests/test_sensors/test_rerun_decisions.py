@@ -37,8 +37,10 @@ from backfill_platform.sensors.failures import (
     final_dates,
 )
 from backfill_platform.sensors.rerun import RerunCursor, decide_reruns
+from backfill_platform.sensors.rerun_requests import request_label
 from backfill_platform.settings import CalendarSettings, RetrySettings, Settings
 
+from ..faults import FaultInjector
 from ..helpers import destination_data, materialize_destination, seed_source
 
 SETTINGS = Settings()  # the sensor's settings: 3 reruns per date at most, batches of 20, 7 days back
@@ -163,8 +165,9 @@ def test_bad_dates_are_given_up_and_the_other_dates_rerun_with_the_failed_runs_c
         sensor = _sensor(sources["seeded_settings"])
         first = _tick(instance, sensor, None)
 
-        reruns = {request.partition_key: request for request in first.run_requests}
-        assert sorted(reruns) == ["2024-03-04", "2024-03-05", "2024-03-06"]  # one run per date
+        # the run's other dates are consecutive business days: ONE rerun of their range
+        reruns = {request_label(request): request for request in first.run_requests}
+        assert sorted(reruns) == ["2024-03-04..2024-03-06"]
         for request in reruns.values():
             assert request.run_config == run_config
             assert {key: request.tags.get(key) for key in user_tags} == user_tags
@@ -177,16 +180,14 @@ def test_bad_dates_are_given_up_and_the_other_dates_rerun_with_the_failed_runs_c
         assert MISSING_DAY in metadata[GIVE_UP_REASON_KEY]  # the failure's own message, naming the date
         assert instance.get_run_by_id(run_id).tags[tags.GAVE_UP_DATES] == MISSING_DAY
 
-        # what the daemon launches for a rerun runs with the failed run's config
-        request = reruns["2024-03-04"]
+        # what the daemon launches for a rerun runs with the failed run's config, over the range
+        request = reruns["2024-03-04..2024-03-06"]
         job = sensor[1].resolve_job_def(tags.DESTINATION_JOB)
-        result = job.execute_in_process(
-            run_config=request.run_config, partition_key=request.partition_key, instance=instance,
-            tags={key: value for key, value in request.tags.items() if not key.startswith("dagster/")},
-        )
+        result = job.execute_in_process(run_config=request.run_config, instance=instance, tags=request.tags)
         assert result.success
         materialization = result.asset_materializations_for_node("destination_data")[0]
         assert materialization.metadata["full_refresh"].value is True
+        assert materialization.metadata["dates"].value == 3
         assert instance.get_run_by_id(result.run_id).tags["team"] == "risk"
 
         second = _tick(instance, sensor, first.cursor)
@@ -211,7 +212,7 @@ def test_dates_that_cannot_be_decided_are_given_up_and_the_others_proceed_in_the
 
         second = _tick(instance, sensor, first.cursor)
 
-        assert sorted(r.partition_key for r in second.run_requests) == ["2024-03-04", "2024-03-05"]
+        assert [request_label(r) for r in second.run_requests] == ["2024-03-04..2024-03-05"]
         give_ups = {partition or metadata["date"]: (partition, metadata) for partition, metadata in _give_ups(instance)}
         assert sorted(give_ups) == [MISSING_DAY, deleted_day, closed_day]
         partition, metadata = give_ups[closed_day]  # no longer a partition: an unpartitioned observation
@@ -273,3 +274,46 @@ def test_a_run_retry_still_awaited_when_the_look_back_window_passes_is_given_up_
         assert cursor["pending"] == {}
         assert cursor["given_up"][day]["run_id"] == run_id and cursor["given_up"][day]["kind"] == GIVE_UP_EXPIRED
         assert instance.get_run_by_id(run_id).tags[tags.GAVE_UP_DATES] == day
+
+
+def test_a_range_run_that_fails_without_naming_a_date_is_rerun_in_halves_until_the_bad_date_is_alone(
+    sources, tmp_path
+):
+    """Issue 13: a chunk is not split into one run per date. 2024-03-08 fails transiently forever in a
+    10-date range run: the sensor reruns halves, then halves of the failing half, and gives the date up
+    once it failed alone: 6 reruns in 3 ticks land the other 9 dates (one run per date: 10 reruns, then 2
+    more for the bad date)."""
+    faulty = {**sources["seeded"], "write_hooks": FaultInjector(
+        spec="2024-03-08=transient:99", state_dir=str(tmp_path / "faults"))}
+    with dg.instance_for_test() as instance:
+        failed = _fail(faulty, RANGE[0], RANGE[-1], instance=instance, tags={"team": "risk"})
+        assert describe_failed_run(instance, instance.get_run_by_id(failed), 0.0, BUSINESS_DAYS).bad_dates == ()
+        sensor, rounds, cursor = _sensor(), [], None
+        for _ in range(5):
+            tick = _tick(instance, sensor, cursor)
+            cursor = tick.cursor
+            if not tick.run_requests:
+                break
+            outcome = []
+            for request in tick.run_requests:
+                assert request.tags["team"] == "risk" and request.tags[tags.REQUESTED_BY] == RERUN_SENSOR_NAME
+                first, _, last = request_label(request).partition("..")
+                result = dg.materialize(  # what the daemon launches, with the fault injector
+                    [destination_data], resources=faulty, instance=instance, raise_on_error=False,
+                    tags={**{key: value for key, value in request.tags.items() if key != "dagster/partition"},
+                          tags.RANGE_START: first, tags.RANGE_END: last or first},
+                )
+                outcome.append((request_label(request), request.tags[tags.RERUN_ATTEMPT], result.success))
+            rounds.append(outcome)
+
+        assert rounds == [
+            [("2024-03-04..2024-03-08", "1", False), ("2024-03-11..2024-03-15", "1", True)],
+            [("2024-03-04..2024-03-06", "2", True), ("2024-03-07..2024-03-08", "2", False)],
+            [("2024-03-07", "3", True), ("2024-03-08", "3", False)],
+        ], rounds
+        (partition, metadata), = _give_ups(instance)
+        assert partition == "2024-03-08" and metadata[GIVE_UP_KIND_KEY] == GIVE_UP_FINAL
+        assert "gave up after 3 sensor rerun(s)" in metadata[GIVE_UP_REASON_KEY]
+        status = instance.get_status_by_partition(tags.DESTINATION, list(RANGE), BUSINESS_DAYS.partitions_def)
+        assert sorted(day for day, state in status.items() if state == dg.AssetPartitionStatus.MATERIALIZED) == sorted(
+            set(RANGE) - {"2024-03-08"})

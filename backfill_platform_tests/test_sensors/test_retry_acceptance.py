@@ -300,15 +300,15 @@ def test_logic_error_fails_once_chunk_is_bisected_and_the_sensor_gives_up(deploy
     assert _attempts(instance, chunk_run.dagster_run.run_id) == 1  # logic error: no step retry
     assert chunk_run.dagster_run.tags.get("dagster/will_retry") == "false"  # and no run retry
     reruns = runs[1:]
-    assert all(len(_dates(r.dagster_run)) == 1 for r in reruns)  # bisected to single dates
-    rerun_dates = sorted(d for r in reruns for d in _dates(r.dagster_run))
-    assert LOGIC_DAY not in rerun_dates  # a logic error is not rerun
-    assert rerun_dates == sorted([*(set(CHUNK) - {LOGIC_DAY}), HOPELESS_DAY])  # hopeless day twice
+    # the logic error names its date, which is not rerun; the chunk's other dates are rerun as their
+    # range, which fails (the hopeless date), so the sensor reruns its halves: the bad date alone
+    assert [(_dates(r.dagster_run), r.dagster_run.tags[tags.RERUN_ATTEMPT]) for r in reruns] == [
+        (["2024-03-07", HOPELESS_DAY], "1"), (["2024-03-07"], "2"), ([HOPELESS_DAY], "2")]
     for rerun in reruns:
         t = rerun.dagster_run.tags
         assert t[tags.REQUESTED_BY] == "rerun_failed_partitions"
         assert t[tags.RERUN_OF_RUN_ID] in {r.dagster_run.run_id for r in runs}
-    hopeless = [r for r in reruns if _dates(r.dagster_run) == [HOPELESS_DAY]]
+    hopeless = [r for r in reruns if HOPELESS_DAY in _dates(r.dagster_run)]
     assert [r.dagster_run.tags[tags.RERUN_ATTEMPT] for r in hopeless] == ["1", "2"]
     assert hopeless[1].dagster_run.tags[tags.RERUN_OF_RUN_ID] == hopeless[0].dagster_run.run_id
     assert all(_attempts(instance, r.dagster_run.run_id) == 1 + STEP_RETRIES for r in hopeless)
@@ -350,7 +350,8 @@ def test_logic_error_fails_once_chunk_is_bisected_and_the_sensor_gives_up(deploy
         f"FAILURE after {_attempts(instance, chunk_run.dagster_run.run_id)} attempt, "
         f"will_retry={chunk_run.dagster_run.tags.get('dagster/will_retry')}",
         "sensor reruns: " + ", ".join(
-            f"{_dates(r.dagster_run)[0]} attempt {r.dagster_run.tags[tags.RERUN_ATTEMPT]} "
+            f"{'..'.join(dict.fromkeys([_dates(r.dagster_run)[0], _dates(r.dagster_run)[-1]]))} "
+            f"attempt {r.dagster_run.tags[tags.RERUN_ATTEMPT]} "
             f"{r.dagster_run.status.value} ({_attempts(instance, r.dagster_run.run_id)} step attempts)"
             for r in reruns),
         f"gave up: {LOGIC_DAY} (logic), {HOPELESS_DAY} (limit {RERUN_MAX_ATTEMPTS}); "
@@ -601,7 +602,8 @@ def test_status_reports_the_history_the_daemon_and_the_sensor_made(deployment):
         assert dates[day]["step_retries_before_success"] == retries and dates[day]["failed_runs_before_success"] == 0
         assert dates[day]["succeeded_after_retries"] is True
     assert (dates[KILL_DAY]["attempts"], dates[KILL_DAY]["failed_runs_before_success"]) == (2, 1)
-    assert (dates["2024-03-07"]["attempts"], dates["2024-03-07"]["failed_runs_before_success"]) == (2, 1)
+    # 03-07: the chunk, the rerun of 03-07..03-08 (failed with 03-08), then its half alone
+    assert (dates["2024-03-07"]["attempts"], dates["2024-03-07"]["failed_runs_before_success"]) == (3, 2)
     assert [dates[d]["attempts"] for d in (LOGIC_DAY, HOPELESS_DAY)] == [1, 3]
     assert "injected data-quality failure" in dates[LOGIC_DAY]["last_error"]
     # the last attempt's own error, not Dagster's "Exceeded max_retries of 3" wrapper
@@ -614,14 +616,14 @@ def test_status_reports_the_history_the_daemon_and_the_sensor_made(deployment):
     # attempt n = the n-th run of a date since its last success
     assert analytics["success_rate_by_attempt"] == {
         "1": {"attempts": 34, "succeeded": 30, "rate": round(30 / 34, 4)},  # 20 + 10 Feb, 3 chunk, kill
-        "2": {"attempts": 3, "succeeded": 2, "rate": round(2 / 3, 4)},  # 03-07 and kill rerun; 03-08
-        "3": {"attempts": 1, "succeeded": 0, "rate": 0.0},  # 03-08's last rerun
+        "2": {"attempts": 3, "succeeded": 1, "rate": round(1 / 3, 4)},  # 03-07..08 rerun (2 dates), kill rerun
+        "3": {"attempts": 2, "succeeded": 1, "rate": 0.5},  # the halves: 03-07 lands, 03-08 fails
     }
     give_ups = {g["date"]: g for g in analytics["give_ups"]}
     assert sorted(give_ups) == [LOGIC_DAY, HOPELESS_DAY]
     assert "logic" in give_ups[LOGIC_DAY]["reason"] and "limit 2" in give_ups[HOPELESS_DAY]["reason"]
-    assert analytics["retry_runs"] == 4  # sensor reruns: 03-07 once, 03-08 twice, the killed date once
-    assert analytics["step_retries"] == 4 + s2_step_retries + 2 * STEP_RETRIES  # + 03-08's two reruns
+    assert analytics["retry_runs"] == 4  # sensor reruns: 03-07..08, then 03-07 and 03-08, the killed date
+    assert analytics["step_retries"] == 4 + s2_step_retries + 2 * STEP_RETRIES  # + the two reruns with 03-08
     _report("issue 6: status over this history", [
         report["summary"],
         f"succeeded only after retries: {len(landed_after_retries)} dates; give-ups: {sorted(give_ups)}; "
