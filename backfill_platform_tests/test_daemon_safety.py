@@ -61,6 +61,7 @@ def test_ctrl_c_leaves_started_runs_running_and_the_rest_to_a_later_daemon(spark
     ends SUCCESS on its own; the backfill waits for a later daemon, and the CLI says both."""
     seed_source(resources, first_day="2024-06-01", last_day="2024-07-31")
     home = make_dagster_home(tmp_path / "dagster_home")
+    initialize_instance_storage(home)  # before the CLI and this test open it at once
     env = subprocess_env(settings, home)
     out_path = tmp_path / "cli.out"
     with open(out_path, "wb") as out:
@@ -71,7 +72,7 @@ def test_ctrl_c_leaves_started_runs_running_and_the_rest_to_a_later_daemon(spark
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
             started = wait_until(
-                lambda: instance.get_runs(dg.RunsFilter(statuses=list(IN_FLIGHT))), 300, "a run in flight"
+                lambda: instance.get_runs(dg.RunsFilter(statuses=list(IN_FLIGHT))), 300, "a run in flight", poll_s=0.2
             )
             run_id = started[0].run_id
             time.sleep(3)  # the run worker is past its start
