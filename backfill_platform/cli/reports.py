@@ -178,11 +178,10 @@ def export_history(context: CommandContext, history) -> dict:
     """The seed's backfill_log (``reports/export_log.py``); a table in an older format is a usage error
     (exit 2) saying what to do. Locally the command's Spark session writes the path table; on the
     Databricks deployment a one-off run on the cluster writes the Unity Catalog table by name."""
-    from backfill_platform.reports.export_log import LogFormatError, export_log
-
     settings = context.settings
     if settings.deployment == "databricks":
         return _export_on_the_cluster(context, history)
+    from backfill_platform.reports.export_log import LogFormatError, export_log
     from backfill_platform.resources.spark import local_spark_config, start_spark_session
     from backfill_platform.resources.tables import DeltaTables
 

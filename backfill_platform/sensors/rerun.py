@@ -347,7 +347,7 @@ def decide_reruns(
             given_up.setdefault((run_id, verdict.kind, verdict.why, partitioned[day]), []).append(day)
 
     reruns: list[dg.RunRequest] = []
-    index = {key: at for at, key in enumerate(business_days.partitions_def.get_partition_keys())}
+    index = {key: at for at, key in enumerate(business_days.partitions_def.get_partition_keys())} if to_rerun else {}
     for run_id, days in to_rerun.items():
         for dates in rerun_ranges(days, cursor.runs[run_id], index):
             if len(reruns) >= settings.retries.rerun_batch_size:

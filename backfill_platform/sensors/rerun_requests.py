@@ -51,20 +51,21 @@ def rerun_ranges(days: Sequence[str], failure: Mapping, index: Mapping[str, int]
 
 
 def rerun_request(run: dg.DagsterRun, days: Sequence[str], failure: dict) -> dg.RunRequest:
+    """One date: a partition key. Several consecutive dates: a range run (Dagster's range tags)."""
     first, last = days[0], days[-1]
-    scope = {"partition_key": first} if len(days) == 1 else {}
+    single = len(days) == 1
     return dg.RunRequest(
-        run_key=f"rerun:{run.run_id}:{first}" + ("" if len(days) == 1 else f"..{last}"),
+        run_key=f"rerun:{run.run_id}:{first}" if single else f"rerun:{run.run_id}:{first}..{last}",
+        partition_key=first if single else None,
         run_config=_rerun_config(run.run_config),
         tags={
             **tags.user_tags(run.tags),
-            **({} if len(days) == 1 else {tags.RANGE_START: first, tags.RANGE_END: last}),
+            **({} if single else {tags.RANGE_START: first, tags.RANGE_END: last}),
             tags.RERUN_OF_RUN_ID: run.run_id,
             tags.RERUN_ATTEMPT: str(failure["rerun_attempt"] + 1),
             tags.RERUN_REASON: f"{failure['error_class']}: {failure['reason']}"[:200],
             tags.REQUESTED_BY: RERUN_SENSOR_NAME,
         },
-        **scope,
     )
 
 
