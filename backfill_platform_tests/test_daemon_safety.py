@@ -20,7 +20,7 @@ import pytest
 from backfill_platform.processes import DaemonProcess, KeepDaemon, initialize_instance_storage, stop_process_group
 from backfill_platform_tests.conftest import free_port, make_dagster_home, subprocess_env
 from backfill_platform_tests.helpers import seed_source
-from backfill_platform_tests.test_entry_points import running, wait_until
+from backfill_platform_tests.test_entry_points import default_sigint, running, wait_until
 
 BIN = os.path.dirname(sys.executable)
 IN_FLIGHT = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED)
@@ -68,6 +68,7 @@ def test_ctrl_c_leaves_started_runs_running_and_the_rest_to_a_later_daemon(spark
         cli = subprocess.Popen(
             [f"{BIN}/backfill-platform", "backfill", "--from", "2024-07-01", "--to", "2024-07-12"],
             cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=default_sigint,
         )
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:

@@ -42,11 +42,19 @@ def deployment(spark, settings, resources, tmp_path):
     return settings, resources, home
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` of a process a test sends Ctrl-C (SIGINT) to: a suite started in the background of
+    a non-interactive shell (``bash .ci/run &``) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler, so the Ctrl-C would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def running(command: list[str], env: dict[str, str], log_path):
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=default_sigint,
         )
     try:
         yield process
