@@ -125,3 +125,44 @@ def test_a_backfill_waits_for_the_run_retry_decision_of_its_failed_runs(tmp_path
         assert wrapped("b1", instance, log) is True
         instance.add_run_tags(failed.run_id, {"dagster/will_retry": "true"})  # a retry is due: Dagster waits
         assert wrapped.__wrapped__("b1", instance, log) is False and wrapped("b1", instance, log) is False
+
+
+def test_the_sqlite_storages_reuse_one_engine_per_database_file(tmp_path):
+    """``wait_for_sqlite_locks`` also hands Dagster's SQLite storages one engine per file (SQLAlchemy's
+    compiled-statement cache lives on the engine; Dagster creates one per connection). The engines keep
+    working after Dagster's ``engine.dispose()``, every event is stored, and the cache stays bounded."""
+    from backfill_platform_tests.conftest import make_dagster_home
+
+    instance = dg.DagsterInstance.from_config(str(make_dagster_home(tmp_path / "home")))
+    assert type(instance).__name__ == "BackfillPlatformInstance"  # the class that installs the wrapper
+    partitions = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date="2024-03-01")
+
+    @dg.asset(partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run())
+    def daily(context):
+        return dg.MaterializeResult(metadata={"dates": len(context.partition_keys)})
+
+    def engines_of_one_run() -> tuple[set[int], set[int]]:
+        result = dg.materialize([daily], instance=instance,
+                                tags={RANGE_START: "2024-01-01", RANGE_END: "2024-01-30"})
+        assert result.success
+        index, run = set(), set()
+        for _ in range(3):
+            with instance.event_log_storage.index_connection() as conn:
+                index.add(id(conn.engine))
+            with instance.event_log_storage.run_connection(result.run_id) as conn:
+                run.add(id(conn.engine))
+        return index, run
+
+    index_first, run_first = engines_of_one_run()
+    index_second, run_second = engines_of_one_run()
+    assert len(index_first) == 1 and index_first == index_second  # the index shard: one engine throughout
+    assert len(run_first) == 1 and run_first != run_second  # a run's own shard: its own engine
+    with instance.run_storage.connect() as first, instance.run_storage.connect() as second:
+        assert first.engine is second.engine and first.connection is not second.connection  # still NullPool
+    assert len(instance.get_materialized_partitions(daily.key)) == 30
+    assert len(dagster_internals._sqlite_engines) <= dagster_internals.SQLITE_ENGINES_KEPT
+    for number in range(dagster_internals.SQLITE_ENGINES_KEPT + 3):  # more run shards than are kept
+        with instance.event_log_storage.run_connection(f"run-{number}"):
+            pass
+    assert len(dagster_internals._sqlite_engines) == dagster_internals.SQLITE_ENGINES_KEPT
+    instance.dispose()
