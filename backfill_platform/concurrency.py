@@ -16,7 +16,7 @@ and adds a per-unique-value limit of 1 for each of the ``partition_slots`` slot 
 share a date share that date's slot key *and* value, so the queue starts only one of them; runs with
 disjoint dates never share a (key, value) pair as long as each run spans fewer than
 ``partition_slots`` calendar days (a date's slot is unique within any such window), so they still
-run in parallel. Default 4096 slots, about eleven years: every chunk size, the README's 240-day
+run in parallel. Default 4096 slots, about eleven years: every chunk size, the default 500-day
 chunks and ``BACKFILL_MAX_PARTITIONS_PER_RUN=all`` over a decade included. A run spanning more
 calendar days than that could not be kept apart from the runs of its dates, so it is refused at
 submission (FAILURE with the reason, a logic error) and never starts. (4096 limits cost the queue

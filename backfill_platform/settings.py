@@ -20,7 +20,7 @@ tests build their own. :class:`Settings` has one section per concern: ``tables``
 | ``BACKFILL_START_DATE`` | ``2024-01-01`` | first day of the partitions |
 | ``BACKFILL_HOLIDAY_CALENDAR`` | ``pandas.tseries.holiday:USFederalHolidayCalendar`` | pandas holiday calendar class |
 | ``BACKFILL_EXTRA_CLOSURES`` | (none) | extra closed days: ``2025-01-09=National Day of Mourning,...`` |
-| ``BACKFILL_MAX_PARTITIONS_PER_RUN`` | ``240`` | business days one backfill run processes at most; ``all``: one run per backfill (``BackfillPolicy.single_run()``, which ``dagster asset materialize --partition-range`` requires) |
+| ``BACKFILL_MAX_PARTITIONS_PER_RUN`` | ``500`` | business days one backfill run processes at most; ``all``: one run per backfill (``BackfillPolicy.single_run()``, which ``dagster asset materialize --partition-range`` requires) |
 | ``BACKFILL_MIN_KEPT_SHARE`` | ``0.5`` | share (0, 1] of a date's source rows that must survive the 'drop' expectations, else the run fails before writing |
 | ``BACKFILL_SPARK_MASTER`` | ``local[2]`` | Spark master of the local deployment |
 | ``BACKFILL_SPARK_REMOTE`` | (none) | ``sc://127.0.0.1:PORT`` of a warm Spark Connect server (``backfill-platform spark-server``) that local runs use instead of starting a JVM each |
@@ -390,7 +390,7 @@ class DatabricksSettings:
 class Settings:
     deployment: str = "local"
     data_dir: Path = PROJECT_ROOT / ".data"  # local warehouse and Spark scratch space
-    max_partitions_per_run: int | None = 240  # None: one run per backfill
+    max_partitions_per_run: int | None = 500  # None: one run per backfill
     ui_url: str = "http://127.0.0.1:3000"
     tables: TableSettings = TableSettings()
     calendar: CalendarSettings = CalendarSettings()

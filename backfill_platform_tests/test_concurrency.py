@@ -101,7 +101,7 @@ def _submitted(instance, tags: dict) -> dg.DagsterRun:
 
 
 def test_the_queue_keeps_one_run_per_date_for_any_run_span(tmp_path):
-    """The README's 240-business-day chunks (about 340 calendar days) and years-long runs are
+    """The default 500-business-day chunks (about 700 calendar days) and years-long runs are
     protected like short ones: with the instance's own queue limits and date slots, Dagster's counter
     (what the run queue daemon evaluates) blocks a single-date run inside a long range run that is in
     flight, and not one outside it."""
@@ -116,14 +116,14 @@ def test_the_queue_keeps_one_run_per_date_for_any_run_span(tmp_path):
         slot_tags = date_slot_tags(tags, slots, BUSINESS_DAYS)
         return dg.DagsterRun(job_name="destination_data_job", tags={**tags, **slot_tags})
 
-    for first, last in [("2024-01-02", "2024-12-06"), ("2024-01-02", "2025-11-20")]:  # 235 and 474 business days
+    for first, last in [("2024-01-02", "2024-12-06"), ("2024-01-02", "2025-12-30")]:  # 235 and 500 business days
         long_run = queued({RANGE_START: first, RANGE_END: last})
         dates = BUSINESS_DAYS.between(first, last)
         assert len([key for key in long_run.tags if key.startswith(DATE_SLOT_PREFIX)]) == len(dates) > 230
         counter = TagConcurrencyLimitsCounter(limits, [long_run])
         for day in ["2024-01-02", "2024-07-08", last]:
             assert counter.is_blocked(queued({"dagster/partition": day})), (first, last, day)
-        assert not counter.is_blocked(queued({"dagster/partition": "2025-11-21"}))
+        assert not counter.is_blocked(queued({"dagster/partition": "2026-01-02"}))
 
 
 def test_a_run_longer_than_the_date_slots_is_refused_before_it_starts(tmp_path):

@@ -16,8 +16,8 @@ Each tick:
      (a backfill chunk) is **bisected** (``rerun_requests.rerun_ranges``): when its failure names the bad dates
      (a data gate), its other dates are rerun as the ranges of consecutive business days between
      them, which should pass; otherwise (transient, unknown) each range of its dates is rerun as two
-     halves, and a half that fails again is halved again. A bad date in a 240-date chunk thus costs
-     about 2 x log2(240) = 16 reruns, not 239, and a chunk whose failure was passing costs 2;
+     halves, and a half that fails again is halved again. A bad date in a 500-date chunk thus costs
+     about 2 x log2(500) = 18 reruns, not 499, and a chunk whose failure was passing costs 2;
    - *give up, final*: a logic/data error (the bad dates of a range run that names them; every date
      of a range run whose logic error names none, a *range-wide* error: schema drift, missing table,
      bad configuration), a canceled failure, or a date whose failed run was already attempt
