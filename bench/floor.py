@@ -86,15 +86,18 @@ if __name__ == "__main__":
 
 
 def floor_figures(data_dirs: dict[int, Path], dates: list[str], chunk_size: int, work: Path,
-                  layouts: tuple[str, ...] = ("partitioned", "clustered")) -> dict:
-    """The floor for each seeded rows/date option and layout: {"10": {"partitioned": {...}, ...}}."""
-    figures: dict[str, dict] = {}
+                  layouts: tuple[str, ...] = ("partitioned", "clustered"), suffix: str = "",
+                  figures: dict | None = None) -> dict:
+    """The floor for each seeded rows/date option and layout: {"10": {"partitioned": {...}, ...}}; with
+    ``suffix`` the figures go under ``layout + suffix`` (another chunking of the same layout)."""
+    figures = {} if figures is None else figures
     for rows, data_dir in sorted(data_dirs.items()):
         source = data_dir / "warehouse" / "backfill_demo" / "source_data"
         for layout in layouts:
-            result = measure_floor(source, work / f"floor-{rows}r-{layout}", dates, chunk_size, layout, work)
-            figures.setdefault(str(rows), {})[layout] = result
-            print(f"  floor {rows} rows/date {layout}: {result}", flush=True)
+            dest = work / f"floor-{rows}r-{layout}{suffix}"
+            result = measure_floor(source, dest, dates, chunk_size, layout, work)
+            figures.setdefault(str(rows), {})[layout + suffix] = result
+            print(f"  floor {rows} rows/date {layout}{suffix}: {result}", flush=True)
     return figures
 
 
@@ -107,8 +110,8 @@ def floor_ratios(results: list[dict], floors: dict, chunk_size: int) -> dict:
                  and r["rows_per_date"] == rows and not r["error"] and (chunk is None or r["chunk_size"] == chunk)]
         return min(found, key=lambda r: r["wall_s"]) if found else None
 
-    def ratio(rows: int) -> float | None:
-        platform_run, floor_run = scenario(rows, chunk_size), floors.get(str(rows), {}).get("partitioned", {})
+    def ratio(rows: int, chunk: int = chunk_size, floor_layout: str = "partitioned") -> float | None:
+        platform_run, floor_run = scenario(rows, chunk), floors.get(str(rows), {}).get(floor_layout, {})
         if platform_run is None or "wall_s" not in floor_run:
             return None
         return round(platform_run["wall_s"] / floor_run["wall_s"], 2)
@@ -116,6 +119,7 @@ def floor_ratios(results: list[dict], floors: dict, chunk_size: int) -> dict:
     from backfill_platform.settings import Settings
 
     default_chunk = Settings().max_partitions_per_run
+    at_default = f"partitioned_c{default_chunk}"  # the floor in the default's commits (run.py measures it)
     default, best = scenario(10, default_chunk), scenario(10)
     clustered = [r for r in results if r["scenario"] == "chunked-clustered" and not r["error"]]
     clustered_floor = floors.get("10", {}).get("clustered", {})
@@ -124,6 +128,9 @@ def floor_ratios(results: list[dict], floors: dict, chunk_size: int) -> dict:
         if clustered and "wall_s" in clustered_floor else None,
         "ratio_over_floor_full_range": ratio(10),
         "ratio_over_floor_large": ratio(10_000),
+        # the default chunking (one run for the range) against the floor in the same commits
+        "ratio_default_over_floor_full_range": ratio(10, default_chunk, at_default),
+        "ratio_default_over_floor_large": ratio(10_000, default_chunk, at_default),
         "default_over_best_chunking": round(default["wall_s"] / best["wall_s"], 2) if default and best else None,
         "default_chunk_size": default_chunk,
         "best_chunk_size": best["chunk_size"] if best else None,

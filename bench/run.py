@@ -42,9 +42,13 @@ from floor import floor_figures, floor_ratios  # noqa: E402 (bench/ is the scrip
 from table_size import measure_plan, measure_table_size_cost  # noqa: E402
 from ui_launch import measure_ui_launch_overhead  # noqa: E402
 
+from backfill_platform.settings import Settings  # noqa: E402
+
 RANGE_FIRST, RANGE_LAST = "2024-01-01", "2025-11-20"  # the seed's source range: 474 business days
 PER_DATE_DATES = 60
-FLOOR_CHUNK = {False: 240, True: 3}  # the floor's commits (full, --quick): the platform's best chunking
+FLOOR_CHUNK = {False: 240, True: 3}  # the floor's commits (full, --quick), as issue 13 defines it
+# BACKFILL_MAX_PARTITIONS_PER_RUN's default (500): a full run also measures the floor in these commits
+DEFAULT_CHUNK = Settings().max_partitions_per_run
 
 
 @dataclasses.dataclass
@@ -84,12 +88,14 @@ def plan(quick: bool, fast_remote: str | None) -> list[Scenario]:
         Scenario("chunked", first, 10, 30),
         Scenario("chunked", full, 10, 240),
         Scenario("chunked-clustered", full, 10, 240, {"BACKFILL_TABLE_LAYOUT": "clustered"}),
-        Scenario("chunked", full, 10, 480),  # one run for the whole range
+        Scenario("chunked", full, 10, DEFAULT_CHUNK),  # the default: one run for the whole range
         Scenario("chunked", full, 10, 60),  # the default before issue 13
         Scenario("chunked", full, 1_000, 240),
         Scenario("chunked", full, 10_000, 240),
+        Scenario("chunked", full, 10_000, DEFAULT_CHUNK),
     ]
-    if fast_remote:
+    if fast_remote:  # what a warm JVM shared by runs gives (opt-in: docs/cluster.md says why)
+        scenarios.append(Scenario("chunked-fast", full, 10, DEFAULT_CHUNK, {"BACKFILL_SPARK_REMOTE": fast_remote}))
         scenarios.append(Scenario("per-date-fast", first, 10, 1, {"BACKFILL_SPARK_REMOTE": fast_remote}))
     scenarios.append(Scenario("per-date", first, 10, 1))
     return scenarios
@@ -472,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     layouts = ("partitioned",) if args.quick else ("partitioned", "clustered")
     floor = floor_figures({rows: data_dirs[rows] for rows in data_dirs if rows in (10, 10_000)}, full_dates,
                           FLOOR_CHUNK[args.quick], work, layouts)
+    if not args.quick:
+        floor_figures({rows: data_dirs[rows] for rows in data_dirs if rows in (10, 10_000)}, full_dates, DEFAULT_CHUNK,
+                      work, ("partitioned",), suffix=f"_c{DEFAULT_CHUNK}", figures=floor)
     plan_figures = measure_plan(work)
     extra = {"plan_2500_dates": plan_figures, "plan_2500_dates_s": plan_figures["median_s"]}
     if not args.quick:
@@ -516,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     print()
     for key in ("ratio_per_date_over_chunked", "full_range_chunked_wall_s", "ratio_over_floor_full_range",
-                "ratio_over_floor_large", "default_over_best_chunking", "plan_2500_dates_s", "table_size_cost_ratio",
+                "ratio_over_floor_large", "ratio_default_over_floor_full_range", "ratio_default_over_floor_large",
+                "default_over_best_chunking", "plan_2500_dates_s", "table_size_cost_ratio",
                 "ui_launch_overhead_s", "repair_one_date_s",
                 "definitions_load", "rerun_sensor_tick", "benchmark_wall_s"):
         print(f"{key}: {summary.get(key)}")
