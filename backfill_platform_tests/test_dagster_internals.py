@@ -166,3 +166,26 @@ def test_the_sqlite_storages_reuse_one_engine_per_database_file(tmp_path):
             pass
     assert len(dagster_internals._sqlite_engines) == dagster_internals.SQLITE_ENGINES_KEPT
     instance.dispose()
+
+
+def test_a_connection_of_a_shared_sqlite_engine_can_end_in_another_thread(tmp_path, caplog):
+    """The engines are shared by a process's threads, so a connection that one thread opened can be returned
+    (or garbage-collected) by another: that must close it, not log sqlite3's "SQLite objects created in a
+    thread can only be used in that same thread" (SQLAlchemy opens file databases with check_same_thread=False)."""
+    import logging
+    import threading
+
+    from backfill_platform_tests.conftest import make_dagster_home
+
+    instance = dg.DagsterInstance.from_config(str(make_dagster_home(tmp_path / "home")))
+    with instance.run_storage.connect() as conn:
+        engine = conn.engine
+    opened = []
+    thread = threading.Thread(target=lambda: opened.append(engine.raw_connection()))
+    thread.start()
+    thread.join()
+    with caplog.at_level(logging.ERROR, logger="sqlalchemy"):
+        opened[0].close()  # back to the pool in this thread: NullPool rolls it back and closes it
+    assert [record.getMessage() for record in caplog.records] == []
+    assert opened[0].dbapi_connection is None  # closed
+    instance.dispose()

@@ -91,11 +91,14 @@ def measure_table_size_cost(work: Path, repeats: int = 3) -> dict:
                  .write.format("delta").mode("append").save(str(table)))
             steps, phases = [], []
             for attempt in range(repeats + 1):  # the first is a warm-up (JIT, caches), not counted
-                instance = dg.DagsterInstance.ephemeral()
-                started = time.monotonic()
-                result = dg.materialize([destination], partition_key=RUN_DATE, resources=resources,
-                                        instance=instance, run_config=quiet)
-                elapsed = time.monotonic() - started
+                # disposed here: an ephemeral instance's in-memory SQLite connection left to the garbage collector
+                # can be finalized in another thread (the run's cancel watcher polls from its own), and SQLAlchemy
+                # then logs "SQLite objects created in a thread can only be used in that same thread"
+                with dg.DagsterInstance.ephemeral() as instance:
+                    started = time.monotonic()
+                    result = dg.materialize([destination], partition_key=RUN_DATE, resources=resources,
+                                            instance=instance, run_config=quiet)
+                    elapsed = time.monotonic() - started
                 assert result.success
                 if attempt == 0:
                     continue

@@ -128,7 +128,7 @@ def test_the_sql_guard_does_not_rely_on_dagster_validating_keys():
 
 
 def test_destination_declares_chunked_backfills_and_the_step_launcher_seam():
-    assert destination_data.backfill_policy.max_partitions_per_run == 500  # 2 years in one run: the fastest chunking measured (issue 13)
+    assert destination_data.backfill_policy.max_partitions_per_run == 500  # 2 years per run (issue 13)
     assert "pyspark_step_launcher" in destination_data.required_resource_keys
 
 
