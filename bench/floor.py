@@ -85,6 +85,11 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
+def chunk_suffix(chunk_size: int) -> str:
+    """The key suffix of a floor in other commits than issue 13's 240 dates: ``partitioned_c500``."""
+    return f"_c{chunk_size}"
+
+
 def floor_figures(data_dirs: dict[int, Path], dates: list[str], chunk_size: int, work: Path,
                   layouts: tuple[str, ...] = ("partitioned", "clustered"), suffix: str = "",
                   figures: dict | None = None) -> dict:
@@ -119,7 +124,7 @@ def floor_ratios(results: list[dict], floors: dict, chunk_size: int) -> dict:
     from backfill_platform.settings import Settings
 
     default_chunk = Settings().max_partitions_per_run
-    at_default = f"partitioned_c{default_chunk}"  # the floor in the default's commits (run.py measures it)
+    at_default = "partitioned" + chunk_suffix(default_chunk)  # the floor in the default's commits (run.py)
     default, best = scenario(10, default_chunk), scenario(10)
     clustered = [r for r in results if r["scenario"] == "chunked-clustered" and not r["error"]]
     clustered_floor = floors.get("10", {}).get("clustered", {})

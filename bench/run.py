@@ -38,7 +38,7 @@ warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from floor import floor_figures, floor_ratios  # noqa: E402 (bench/ is the script's directory)
+from floor import chunk_suffix, floor_figures, floor_ratios  # noqa: E402 (bench/ is the script's directory)
 from table_size import measure_plan, measure_table_size_cost  # noqa: E402
 from ui_launch import measure_ui_launch_overhead  # noqa: E402
 
@@ -480,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                           FLOOR_CHUNK[args.quick], work, layouts)
     if not args.quick:
         floor_figures({rows: data_dirs[rows] for rows in data_dirs if rows in (10, 10_000)}, full_dates, DEFAULT_CHUNK,
-                      work, ("partitioned",), suffix=f"_c{DEFAULT_CHUNK}", figures=floor)
+                      work, ("partitioned",), suffix=chunk_suffix(DEFAULT_CHUNK), figures=floor)
     plan_figures = measure_plan(work)
     extra = {"plan_2500_dates": plan_figures, "plan_2500_dates_s": plan_figures["median_s"]}
     if not args.quick:

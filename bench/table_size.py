@@ -69,11 +69,12 @@ def measure_table_size_cost(work: Path, repeats: int = 3) -> dict:
             _, source, destination = build_assets(settings, business_days)
             resources = local_resources(settings)
             # the source: 10 rows for every business date of the table (not timed)
-            result = dg.materialize(
-                [source], resources=resources, instance=dg.DagsterInstance.ephemeral(),
-                run_config={**quiet, "ops": {"source_data": {"config": {
-                    "first_day": keys[-size], "last_day": RUN_DATE, "rows_per_date": 10}}}},
-            )
+            with dg.DagsterInstance.ephemeral() as instance:  # disposed: see the timed runs below
+                result = dg.materialize(
+                    [source], resources=resources, instance=instance,
+                    run_config={**quiet, "ops": {"source_data": {"config": {
+                        "first_day": keys[-size], "last_day": RUN_DATE, "rows_per_date": 10}}}},
+                )
             assert result.success
             held = keys[-size:]
             # the destination holding `size` dates, written by bare Spark in FILL_COMMITS commits (not timed),
