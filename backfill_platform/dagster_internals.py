@@ -60,9 +60,8 @@ replace it.
     internal used: the ``create_engine`` name of Dagster's SQLite storage modules (``SQLITE_STORAGE_MODULES``),
     wrapped in every process that loads the instance (``instance.py`` installs it when Dagster imports
     the instance class, before any storage connects)
-    why: SQLite run and schedule storage connect with sqlite3's default 5 s busy timeout (the event log
-    uses 30 s): a write that waits longer for another process's write lock raises ``database is locked``
-    and fails the run, the UI's backfill launch, the CLI's submission or the daemon's tick
+    why: SQLite run and schedule storage wait 5 s for another process's write lock (the event log 30 s),
+    then raise ``database is locked``: runs, UI launches, CLI submissions and daemon ticks failed
     public replacement: none; remove once Dagster gives run and schedule storage its
     ``SQLITE_BUSY_TIMEOUT_SECONDS`` too (``test_sqlite_load.py`` has the reproduction)
 
@@ -76,13 +75,18 @@ replace it.
 :func:`wait_for_run_retry_decisions_in_backfills` (an UPSTREAM WORKAROUND)
     internal used: ``dagster._core.execution.asset_backfill.backfill_runs_are_complete`` (wrapped in the
     daemon process by ``instance.py``), ``WILL_RETRY_TAG``, ``BACKFILL_ID_TAG``
-    why: a run marked failed from outside (its worker SIGKILLed, found by run monitoring) gets its
-    FAILURE status and, in a second write, ``dagster/will_retry``. A backfill evaluated in between
-    finds no run in progress and none waiting to retry, completes, and run retries then refuse the
-    run ("part of a backfill that is in a terminal state"): the date is neither retried nor rerun.
+    why: a failed run gets its FAILURE status and, in a second write, ``dagster/will_retry``; a backfill
+    evaluated in between completed, and run retries then refused the run (its section below says more).
     The wrapper keeps the backfill in progress while a failed run of it has no retry decision yet.
     public replacement: none; remove once Dagster writes the status and the tag atomically
     (``test_dagster_internals.py`` has the reproduction)
+
+:func:`keep_failed_runs_failed` (an UPSTREAM WORKAROUND)
+    internal used: ``DagsterInstance.handle_run_event`` (not public API), called from
+    ``BackfillPlatformInstance.handle_new_event`` (``instance.py``) after a RUN_CANCELED is stored
+    why: a run ended at its maximum runtime (FAILURE, from run monitoring) ended CANCELED when its worker's
+    RUN_CANCELED came just after: the UI showed a canceled run that had failed and was being retried
+    public replacement: none; remove once Dagster decides the run's end status in one place
 
 :func:`instance_config_defaults`
     internal used: ``InstanceRef.config_defaults``
@@ -90,10 +94,8 @@ replace it.
     are Dagster's own
     public replacement: none (``instance_class`` has no public base with the defaults)
 
-Public APIs used instead of internals elsewhere: ``dg.DagsterRunStatus``, ``dg.RunsFilter``,
-``dg.DagsterRun``, ``dg.AssetPartitionStatus``, ``dg.DagsterUnknownPartitionError``,
-``dg.partition_loading_context``, ``dg.QueuedRunCoordinator``, ``dg.SubmitRunContext``; daemon
-whether a daemon runs from the daemon lock (``daemon_lock.py``); the daemon started as ``dagster-daemon run``.
+Elsewhere only public APIs: ``dg.DagsterRunStatus``, ``dg.RunsFilter``, ``dg.QueuedRunCoordinator``...;
+whether a daemon runs comes from the daemon lock (``daemon_lock.py``).
 """
 
 from __future__ import annotations
@@ -107,16 +109,8 @@ from pathlib import Path
 
 import dagster as dg
 from dagster._core.definitions.run_request import InstigatorType
-from dagster._core.definitions.selector import (
-    PartitionRangeSelector,
-    PartitionsByAssetSelector,
-    PartitionsSelector,
-)
-from dagster._core.execution.backfill import (
-    BULK_ACTION_TERMINAL_STATUSES,
-    BulkActionStatus,
-    PartitionBackfill,
-)
+from dagster._core.definitions.selector import PartitionRangeSelector, PartitionsByAssetSelector, PartitionsSelector
+from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus, PartitionBackfill
 from dagster._core.scheduler.instigation import InstigatorStatus
 from dagster._core.utils import make_new_backfill_id
 
@@ -230,11 +224,9 @@ def sensor_is_running(instance: dg.DagsterInstance, name: str) -> bool | None:
 def reexecute_from_failure(instance: dg.DagsterInstance, workspace, parent_run: dg.DagsterRun) -> str:
     """Re-execute ``parent_run`` from its failed step and submit it to the run queue; return the new run id.
 
-    What GraphQL ``launchRunReexecution`` does for the UI's *Re-execute > From failure*: the remote job
-    is the parent's (its code location, repository, job and asset selection), the run config and tags
-    are the parent's (``use_parent_run_tags``), the new run is tagged ``dagster/parent_run_id`` and
-    ``dagster/root_run_id``. A run created in process (``materialize``) has no remote origin: the
-    workspace's only code location and repository are used.
+    What GraphQL ``launchRunReexecution`` does for the UI's *Re-execute > From failure*: the parent's
+    remote job, asset selection, run config and tags, plus ``dagster/parent_run_id``/``root_run_id``. A
+    run created in process (``materialize``) has no remote origin: the workspace's only location is used.
     """
     from dagster._cli.workspace.cli_target import (
         get_code_location_from_workspace,
@@ -278,18 +270,6 @@ def cancel_backfill(instance: dg.DagsterInstance, backfill_id: str) -> None:
         raise KeyError(f"no backfill {backfill_id} in this instance")
     instance.update_backfill(backfill.with_status(BulkActionStatus.CANCELING))
 
-
-__all__ = [
-    "BACKFILL_TERMINAL_STATUSES",
-    "BulkActionStatus",
-    "JobSubmitter",
-    "cancel_backfill",
-    "project_workspace",
-    "reexecute_from_failure",
-    "requested_backfills",
-    "sensor_is_running",
-    "store_asset_backfill",
-]
 
 
 def instance_config_defaults(base_dir: str):
@@ -351,10 +331,8 @@ def refuse_unknown_partition_keys_in_asset_backfills(explain: Callable[[str], st
 #   instance.report_dagster_event(dg.DagsterEvent(event_type_value="PIPELINE_START", job_name="j"), run_id)
 #   -> after 5.0 s: sqlalchemy.exc.OperationalError: (sqlite3.OperationalError) database is locked
 #      [SQL: UPDATE runs SET status=?, ...]: the RUN_START event is stored, the run stays NOT_STARTED.
-# Under load (test_sqlite_storages_under_team_load with BACKFILL_SQLITE_BUSY_TIMEOUT_SECONDS=5) the same 5 s
-# turns runs whose step succeeded into FAILURE (their RUN_SUCCESS "UPDATE runs" locked out), fails the
-# webserver's launchPartitionBackfill (INSERT INTO bulk_actions), a CLI's run submission (the coordinator's
-# add_run_tags: the run is marked FAILURE) and the daemon's heartbeats and cursors. The wrapper gives every
+# Under load (test_sqlite_storages_under_team_load with a 5 s timeout) it failed runs, the UI's backfill
+# launches, CLI submissions and the daemon's heartbeats and cursors. The wrapper gives every
 # engine of Dagster's SQLite storages one busy timeout (Dagster's own where that is longer), and checks once
 # per file and process that the file is in WAL mode (readers never block writers; Dagster creates its files
 # in WAL mode, an old file may not be).
@@ -497,3 +475,26 @@ def _failed_runs_without_retry_decision(instance, backfill_id: str, logger) -> l
     if undecided:
         logger.info(f"Failed runs of the backfill without a run retry decision yet; still in progress: {undecided}")
     return undecided
+
+
+# --- UPSTREAM WORKAROUND: a run failed at its maximum runtime can end CANCELED ------------------------
+# Dagster 1.13.27, dagster/_daemon/monitoring/run_monitoring.py, check_run_timeout: report_run_canceling,
+# run_launcher.terminate, then report_run_failed("Exceeded maximum runtime of N seconds."). The interrupted
+# worker reads the run's status (job_execution_iterator, dagster/_core/execution/api.py): CANCELING ->
+# RUN_CANCELED; FAILURE -> an engine event only. A RUN_FAILURE landing between that read and the worker's
+# write left the run CANCELED, its retry launched all the same (CI, stop 21: test_retry_acceptance.py S5).
+# Reproduction (test_dagster_internals.py): report_run_canceling, report_run_failed, report_run_canceled.
+
+
+def keep_failed_runs_failed(instance: dg.DagsterInstance, event) -> None:
+    """After a RUN_CANCELED ``event`` is stored: a run that also has a RUN_FAILURE (written before or
+    after) is FAILURE again; both events stay in its log."""
+    if not event.is_dagster_event or event.dagster_event_type != dg.DagsterEventType.RUN_CANCELED:
+        return
+    run = instance.get_run_by_id(event.run_id)
+    if run is None or run.status != dg.DagsterRunStatus.CANCELED:
+        return
+    for record in instance.get_records_for_run(event.run_id, of_type=dg.DagsterEventType.RUN_FAILURE, limit=1).records:
+        failure = record.event_log_entry  # its time becomes the run's end time again
+        when = datetime.datetime.fromtimestamp(failure.timestamp, tz=datetime.timezone.utc)
+        instance.handle_run_event(event.run_id, failure.get_dagster_event(), when)

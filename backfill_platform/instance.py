@@ -1,9 +1,9 @@
 """The project's Dagster instance class (``instance_class`` in ``dagster_home/dagster.yaml``).
 
-It is Dagster's ``DagsterInstance``, unchanged. It exists because Dagster imports the instance class
-when any process loads the instance (the webserver, the daemon, the CLI, a run worker), before it
-serves a single request, so importing this module is the one dependable place for instance-wide
-guards that must be in force in the webserver too:
+It is Dagster's ``DagsterInstance`` plus one check after each stored event (the last item below). It
+exists because Dagster imports the instance class when any process loads the instance (the webserver,
+the daemon, the CLI, a run worker), before it serves a single request, so importing this module is the
+one dependable place for instance-wide guards that must be in force in the webserver too:
 
 - an asset backfill created by partition names refuses a name that is not a business day, with the
   reason (the UPSTREAM WORKAROUND ``dagster_internals.refuse_unknown_partition_keys_in_asset_backfills``;
@@ -23,7 +23,10 @@ guards that must be in force in the webserver too:
   7.25 s to 3.98 s, bench/ui_launch.py, issue 13). An evaluation with nothing to do is one query of
   the backfill table; the test suite runs with the default. The daemon also waits for the run retry
   decision of a backfill's failed runs before it completes the backfill (the UPSTREAM WORKAROUND
-  ``dagster_internals.wait_for_run_retry_decisions_in_backfills``).
+  ``dagster_internals.wait_for_run_retry_decisions_in_backfills``);
+- a run that failed stays FAILURE when its interrupted worker reports a cancel after the failure (run
+  monitoring ends a run at its maximum runtime with a cancel, then a failure; the UPSTREAM WORKAROUND
+  ``dagster_internals.keep_failed_runs_failed``, from ``handle_new_event``).
 
 | variable | default | meaning |
 | --- | --- | --- |
@@ -80,6 +83,10 @@ class BackfillPlatformInstance(dg.DagsterInstance):
             daemon_lock.hold_daemon_lock_or_exit(self.root_directory)
             dagster_internals.set_backfill_daemon_interval(backfill_daemon_interval_s())
             dagster_internals.wait_for_run_retry_decisions_in_backfills()
+
+    def handle_new_event(self, event, *, batch_metadata=None) -> None:
+        super().handle_new_event(event, batch_metadata=batch_metadata)
+        dagster_internals.keep_failed_runs_failed(self, event)
 
     # What Dagster asks a custom instance class for: no settings of its own, Dagster's defaults.
     @classmethod

@@ -189,3 +189,36 @@ def test_a_connection_of_a_shared_sqlite_engine_can_end_in_another_thread(tmp_pa
     assert [record.getMessage() for record in caplog.records] == []
     assert opened[0].dbapi_connection is None  # closed
     instance.dispose()
+
+
+def test_a_run_failed_at_its_maximum_runtime_stays_failed_when_its_worker_reports_the_cancel_late(tmp_path):
+    """UPSTREAM WORKAROUND ``keep_failed_runs_failed``. Run monitoring ends a run at its maximum runtime
+    with CANCELING, a termination request, then RUN_FAILURE; the interrupted worker, which read
+    CANCELING before that failure landed, writes RUN_CANCELED after it (seen in CI, S5 of
+    test_retry_acceptance.py). The run must stay FAILURE; a cancel alone still ends CANCELED."""
+    from backfill_platform_tests.conftest import make_dagster_home
+
+    instance = dg.DagsterInstance.from_config(str(make_dagster_home(tmp_path / "home")))
+    assert type(instance).__name__ == "BackfillPlatformInstance"
+
+    def started_run() -> dg.DagsterRun:
+        run = instance.add_run(dg.DagsterRun(job_name="destination_data_job"))
+        instance.report_dagster_event(dg.DagsterEvent(event_type_value="PIPELINE_START", job_name=run.job_name),
+                                      run.run_id)
+        return instance.get_run_by_id(run.run_id)
+
+    timed_out = started_run()
+    instance.report_run_canceling(timed_out, message="Canceling due to exceeding maximum runtime of 90 seconds.")
+    instance.report_run_failed(timed_out, "Exceeded maximum runtime of 90 seconds.")  # the daemon's write
+    instance.report_run_canceled(timed_out)  # the worker's, decided on the CANCELING it had read
+    record = instance.get_run_record_by_id(timed_out.run_id)
+    assert record.dagster_run.status == dg.DagsterRunStatus.FAILURE
+    logged = [e.dagster_event.event_type for e in instance.all_logs(timed_out.run_id) if e.dagster_event]
+    assert logged[-2:] == [dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED]  # both kept
+    assert record.end_time is not None
+
+    canceled = started_run()  # the UI's Cancel: no failure anywhere
+    instance.report_run_canceling(canceled)
+    instance.report_run_canceled(canceled)
+    assert instance.get_run_by_id(canceled.run_id).status == dg.DagsterRunStatus.CANCELED
+    instance.dispose()
