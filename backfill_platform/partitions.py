@@ -8,11 +8,17 @@ partition's window is exactly one day (Friday's partition closes Saturday 00:00,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import importlib
+import importlib.metadata
+import json
+import os
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -54,9 +60,7 @@ class BusinessCalendar:
         today = dt.date.today()
         last = last_day or dt.date(max(today.year + 1, 2026), 12, 31)
         first = min(settings.start_date, dt.date(2020, 1, 1))
-        calendar_class = _import_holiday_calendar(settings.holiday_calendar)
-        named = calendar_class().holidays(first, last, return_name=True)
-        holidays = {timestamp.date(): str(name) for timestamp, name in named.items()}
+        holidays = _named_holidays(settings.holiday_calendar, first, last)
         holidays.update(
             {day: f"closure: {reason}" for day, reason in settings.extra_closures.items()}
         )
@@ -74,6 +78,52 @@ class BusinessCalendar:
     def weekday_holidays(self) -> list[dt.date]:
         """Holidays and closures that fall on a weekday (weekend ones are excluded anyway)."""
         return sorted(day for day in self.holidays if day.weekday() < 5)
+
+
+def _named_holidays(path: str, first: dt.date, last: dt.date) -> dict[dt.date, str]:
+    """The holidays the calendar class at ``path`` names in [first, last].
+
+    Importing pandas takes 0.5-0.9 s on this 2-core machine, in every process that loads the definitions
+    (the code server, each run, each CLI command). pandas' own calendars (the default) only change with
+    pandas, so their answer is kept in a file per calendar, span and pandas version (``holiday_cache_file``)
+    and later processes read it instead; any other calendar class, or a file that cannot be read, is
+    computed by pandas as before. A file that cannot be written is skipped.
+    """
+    cache = holiday_cache_file(path, first, last)
+    if cache is not None:
+        try:
+            kept = {dt.date.fromisoformat(day): str(name) for day, name in json.loads(cache.read_text())}
+            if kept:  # the spans asked for (years) always hold holidays: an empty file is a damaged one
+                return kept
+        except (OSError, ValueError, TypeError):
+            pass
+    calendar_class = _import_holiday_calendar(path)
+    named = calendar_class().holidays(first, last, return_name=True)
+    holidays = {timestamp.date(): str(name) for timestamp, name in named.items()}
+    if cache is not None:
+        with contextlib.suppress(OSError):
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            temporary = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(sorted((day.isoformat(), name) for day, name in holidays.items())))
+            os.replace(temporary, cache)  # readers see the old file or the whole new one
+    return holidays
+
+
+def holiday_cache_file(path: str, first: dt.date, last: dt.date) -> Path | None:
+    """Where pandas' answer for calendar ``path`` over [first, last] is kept: under ``$XDG_CACHE_HOME``
+    (default ``~/.cache``) ``/backfill_platform/``; None for a calendar that is not pandas' own."""
+    if not path.startswith("pandas.tseries.holiday:"):
+        return None
+    try:
+        version = importlib.metadata.version("pandas")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    key = hashlib.sha256(f"{path}|{first}|{last}|{version}".encode()).hexdigest()[:16]
+    try:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    except RuntimeError:  # no home directory: nowhere to keep it
+        return None
+    return root / "backfill_platform" / f"holidays-{key}.json"
 
 
 def _import_holiday_calendar(path: str) -> type:

@@ -93,6 +93,48 @@ def test_another_pandas_holiday_calendar_can_be_chosen():
         BusinessCalendar.from_settings(CalendarSettings(holiday_calendar="pandas.tseries.holiday:NoSuchCalendar"))
 
 
+HOLIDAYS_IN_A_NEW_PROCESS = """
+import json, sys
+from backfill_platform.partitions import BusinessCalendar
+from backfill_platform.settings import CalendarSettings
+calendar = BusinessCalendar.from_settings(CalendarSettings())
+print(json.dumps({"pandas imported": "pandas" in sys.modules,
+                  "holidays": sorted((day.isoformat(), name) for day, name in calendar.holidays.items())}))
+"""
+
+
+def test_pandas_holiday_calendars_are_read_from_a_file_after_the_first_process(tmp_path, monkeypatch):
+    """Importing pandas costs 0.5-0.9 s per process that loads the definitions: the default calendar's
+    holidays are computed by pandas once, then read from ``$XDG_CACHE_HOME/backfill_platform``; a damaged
+    file is computed again and rewritten; a calendar that is not pandas' own is never kept."""
+    import os
+    import subprocess
+    import sys
+
+    def new_process() -> dict:
+        done = subprocess.run([sys.executable, "-c", HOLIDAYS_IN_A_NEW_PROCESS], capture_output=True, text=True,
+                              env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)}, timeout=120, check=True)
+        return json.loads(done.stdout)
+
+    first, second = new_process(), new_process()
+    assert first["pandas imported"] and not second["pandas imported"]
+    assert first["holidays"] == second["holidays"] and ["2024-07-04", "Independence Day"] in first["holidays"]
+    [kept] = (tmp_path / "backfill_platform").glob("holidays-*.json")
+    kept.write_text('{"2024-07-04": ')  # damaged: computed again, and the file repaired
+    third = new_process()
+    assert third["pandas imported"] and third["holidays"] == first["holidays"]
+    assert json.loads(kept.read_text()) == first["holidays"] and not new_process()["pandas imported"]
+    kept.write_text("[]")  # no holidays at all over years: damaged too
+    assert new_process()["holidays"] == first["holidays"]
+
+    from backfill_platform.partitions import holiday_cache_file
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other"))
+    BusinessCalendar.from_settings(CalendarSettings(holiday_calendar=EXCHANGE_CALENDAR))
+    assert holiday_cache_file(EXCHANGE_CALENDAR, dt.date(2020, 1, 1), dt.date(2026, 12, 31)) is None
+    assert not (tmp_path / "other").exists()
+
+
 def test_explain_command_follows_the_configured_calendar(monkeypatch, capsys):
     """``backfill-platform explain DATE...`` answers from BACKFILL_HOLIDAY_CALENDAR and BACKFILL_EXTRA_CLOSURES."""
     monkeypatch.setenv("BACKFILL_HOLIDAY_CALENDAR", EXCHANGE_CALENDAR)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from backfill_platform.resources.spark import DeltaSparkResource, local_spark_config
 from backfill_platform.resources.step_launcher import STEP_LAUNCHER_KEY, in_process_step_launcher
 from backfill_platform.resources.tables import DeltaTables
 from backfill_platform.resources.write_hooks import WRITE_HOOKS_KEY, WriteHooks
@@ -17,6 +16,9 @@ from backfill_platform.settings import Settings
 
 
 def local_resources(settings: Settings) -> dict[str, Any]:
+    # pyspark is imported here, not with the package: commands that never start Spark (`plan`) skip it
+    from backfill_platform.resources.spark import DeltaSparkResource, local_spark_config
+
     return {
         "pyspark": DeltaSparkResource(spark_config=local_spark_config(settings), remote=settings.spark.remote),
         "tables": DeltaTables.from_settings(settings, mode="path"),
