@@ -271,7 +271,6 @@ def cancel_backfill(instance: dg.DagsterInstance, backfill_id: str) -> None:
     instance.update_backfill(backfill.with_status(BulkActionStatus.CANCELING))
 
 
-
 def instance_config_defaults(base_dir: str):
     """Dagster's default storage classes for an instance in ``base_dir``."""
     from dagster._core.instance.ref import InstanceRef

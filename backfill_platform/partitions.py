@@ -101,11 +101,14 @@ def _named_holidays(path: str, first: dt.date, last: dt.date) -> dict[dt.date, s
     named = calendar_class().holidays(first, last, return_name=True)
     holidays = {timestamp.date(): str(name) for timestamp, name in named.items()}
     if cache is not None:
-        with contextlib.suppress(OSError):
+        temporary = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            temporary = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
             temporary.write_text(json.dumps(sorted((day.isoformat(), name) for day, name in holidays.items())))
             os.replace(temporary, cache)  # readers see the old file or the whole new one
+        except OSError:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)  # a half-written file is not left behind
     return holidays
 
 

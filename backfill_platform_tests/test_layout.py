@@ -70,3 +70,36 @@ def test_nothing_test_only_ships_in_the_product():
 
 def _imports_text(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if line.lstrip().startswith(("import ", "from ")))
+
+
+PLAN_IN_A_NEW_PROCESS = """
+import json, sys
+from backfill_platform import cli
+code = cli.main(["plan", "--from", "2016-01-01", "--to", "2025-12-31", "--format", "json"])
+heavy = {"pyspark", "dagster_pyspark", "pyarrow", "pandas", "delta"}
+print(json.dumps({"code": code, "imported": sorted({name.split(".")[0] for name in sys.modules} & heavy)}))
+"""
+
+
+def test_plan_imports_no_spark_arrow_or_pandas(tmp_path):
+    """``backfill-platform plan`` reads the calendar and Dagster's runs only: importing pyspark, pyarrow
+    and pandas would cost it about 1 s per call (docs/benchmark.md). The first process computes pandas'
+    holidays once (README, "The business-day calendar"); the next one imports none of the three."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from backfill_platform_tests.conftest import make_dagster_home
+
+    env = {**os.environ, "DAGSTER_HOME": str(make_dagster_home(tmp_path / "home")),
+           "BACKFILL_DATA_DIR": str(tmp_path / "data"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "BACKFILL_START_DATE": "2016-01-01"}
+
+    def plan() -> dict:
+        done = subprocess.run([sys.executable, "-c", PLAN_IN_A_NEW_PROCESS], capture_output=True, text=True,
+                              env=env, timeout=120, check=True)
+        return json.loads(done.stdout.splitlines()[-1])
+
+    assert plan()["code"] == 0
+    assert plan() == {"code": 0, "imported": []}
