@@ -26,7 +26,10 @@ one dependable place for instance-wide guards that must be in force in the webse
   ``dagster_internals.wait_for_run_retry_decisions_in_backfills``);
 - a run that failed stays FAILURE when its interrupted worker reports a cancel after the failure (run
   monitoring ends a run at its maximum runtime with a cancel, then a failure; the UPSTREAM WORKAROUND
-  ``dagster_internals.keep_failed_runs_failed``, from ``handle_new_event``).
+  ``dagster_internals.keep_failed_runs_failed``, from ``handle_new_event``);
+- before the FAILURE or CANCELED of a run whose Spark session is on a Spark Connect server is stored,
+  what that session still runs there is interrupted and awaited (``resources/spark_connect.py``): a
+  run worker killed mid-write cannot commit after its run is recorded as ended.
 
 | variable | default | meaning |
 | --- | --- | --- |
@@ -44,7 +47,7 @@ from collections.abc import Mapping
 
 import dagster as dg
 
-from backfill_platform import daemon_lock, dagster_internals
+from backfill_platform import daemon_lock, dagster_internals, tags
 from backfill_platform.concurrency import explain_partition_key
 from backfill_platform.settings import _parse_positive_float
 
@@ -54,6 +57,7 @@ SQLITE_BUSY_TIMEOUT_VARIABLE = "BACKFILL_SQLITE_BUSY_TIMEOUT_SECONDS"
 DEFAULT_SQLITE_BUSY_TIMEOUT_S = 60.0
 BACKFILL_INTERVAL_VARIABLE = "BACKFILL_DAEMON_BACKFILL_INTERVAL_SECONDS"
 DEFAULT_BACKFILL_INTERVAL_S = 1.0
+SPARK_REMOTE_VARIABLE = "BACKFILL_SPARK_REMOTE"  # settings.py: the Spark Connect server runs use
 
 
 def _seconds(variable: str, default: float, environ: Mapping[str, str] | None) -> float:
@@ -85,6 +89,7 @@ class BackfillPlatformInstance(dg.DagsterInstance):
             dagster_internals.wait_for_run_retry_decisions_in_backfills()
 
     def handle_new_event(self, event, *, batch_metadata=None) -> None:
+        stop_spark_connect_operations(self, event)  # before the run's end is stored
         super().handle_new_event(event, batch_metadata=batch_metadata)
         dagster_internals.keep_failed_runs_failed(self, event)
 
@@ -96,3 +101,37 @@ class BackfillPlatformInstance(dg.DagsterInstance):
     @staticmethod
     def config_defaults(base_dir: str):
         return dagster_internals.instance_config_defaults(base_dir)
+
+
+RUN_ENDS = (dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
+
+
+def stop_spark_connect_operations(instance: dg.DagsterInstance, event) -> None:
+    """Before a RUN_FAILURE / RUN_CANCELED ``event`` is stored: if the run used a Spark Connect server
+    (``tags.SPARK_REMOTE``), interrupt its session's operations there and wait until they ended. The
+    outcome is an engine event in the run's log; a failure to do so never stops the event's storage."""
+    if not event.is_dagster_event or event.dagster_event_type not in RUN_ENDS:
+        return
+    run = instance.get_run_by_id(event.run_id)
+    address = run.tags.get(tags.SPARK_REMOTE) if run is not None else None
+    if not address:
+        return
+    from backfill_platform.resources.spark_connect import server_address, stop_run_operations
+
+    configured = os.environ.get(SPARK_REMOTE_VARIABLE, "").strip()  # its parameters (a token), if the same server
+    remote = configured if configured and server_address(configured) == address else address
+    try:
+        interrupted = stop_run_operations(remote, run.run_id)
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else ""
+        if configured:
+            reason = reason.replace(configured, address)
+        instance.report_engine_event(
+            f"Could not stop this run's Spark Connect operations on {address} ({type(error).__name__}: "
+            f"{reason}); a write it started there may still commit.", run)
+        return
+    if interrupted:
+        instance.report_engine_event(
+            f"Interrupted {len(interrupted)} Spark Connect operation(s) of this run on {address} and waited "
+            f"for them to end before recording the run's end, so none of its writes commits after it: "
+            f"{', '.join(interrupted)}", run)

@@ -117,7 +117,7 @@ class SparkConnectServerProcess:
         # children inherit: SPARK_CONNECT_MODE_ENABLED) to Connect mode.
         path = str(Path(self.settings.data_dir) / "warmup")
         code = (
-            "import sys; from backfill_platform.resources.spark import start_remote_session\n"
+            "import sys; from backfill_platform.resources.spark_connect import start_remote_session\n"
             "session = start_remote_session(sys.argv[1])\n"
             "session.range(2).write.format('delta').mode('overwrite').save(sys.argv[2])\n"
             "session.sql(f'DESCRIBE HISTORY delta.`{sys.argv[2]}` LIMIT 1').collect()\n"

@@ -44,6 +44,9 @@ GAVE_UP_DATES = f"{PREFIX}/rerun_gave_up_dates"
 DATE_SLOT_PREFIX = f"{PREFIX}/date_slot/"
 # Set by `backfill-platform backfill` on every run it submits itself (chunked mode), to follow them.
 LAUNCH_ID = f"{PREFIX}/launch_id"
+# Set by the Spark resource on a run whose session is on a Spark Connect server (sc://host:port):
+# the run's end interrupts what that session still runs (resources/spark_connect.py).
+SPARK_REMOTE = f"{PREFIX}/spark_remote"
 
 
 def user_tags(tags) -> dict[str, str]:

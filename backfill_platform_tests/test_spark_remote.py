@@ -16,7 +16,7 @@ from backfill_platform.settings import PROJECT_ROOT, Settings
 from .conftest import free_port
 
 CODE = """
-from backfill_platform.resources.spark import SparkStartError, start_remote_session
+from backfill_platform.resources.spark_connect import SparkStartError, start_remote_session
 try:
     start_remote_session({remote!r})
 except SparkStartError as error:
@@ -47,7 +47,8 @@ def test_spark_remote_setting_reaches_the_spark_resource():
 
 KILLED_WRITE = """
 import sys
-from backfill_platform.resources.spark import local_spark_config, start_remote_session, start_spark_session
+from backfill_platform.resources.spark import local_spark_config, start_spark_session
+from backfill_platform.resources.spark_connect import start_remote_session
 from backfill_platform.settings import Settings
 remote, table, scratch = sys.argv[1:4]
 spark = start_remote_session(remote) if remote else start_spark_session(local_spark_config(Settings(data_dir=scratch)))
@@ -84,17 +85,154 @@ def _commits_after_sigkill(remote: str, table: Path, scratch: Path, wait_s: floa
 
 @pytest.mark.slow
 def test_the_write_of_a_killed_run_commits_on_a_spark_connect_server_and_not_in_an_embedded_jvm(settings, tmp_path):
-    """Why the warm Spark Connect server stays opt-in (issue 13). Spark 4.2's Connect server runs an
-    operation to its end after its client died: a writer SIGKILLed 3 s into a Delta write still commits it
-    after the kill. A run Dagster records as FAILED (its worker died) would then change the table, and a
-    rerun of its dates would race with that write. In the default deployment the run's embedded JVM goes
-    down with the run worker and nothing commits.
+    """What Spark does on its own (issue 13). Spark 4.2's Connect server runs an operation to its end
+    after its client died: a writer SIGKILLed 3 s into a Delta write still commits it after the kill. A
+    run Dagster records as FAILED (its worker died) would then change the table, and a rerun of its dates
+    would race with that write; the next two tests show the platform interrupting it when the run's end
+    is recorded. An embedded JVM goes down with the run worker and nothing commits.
     (Measured by hand: neither a non-reattachable execution nor spark.connect.execute.manager.detachedTimeout=5s
     with a 1 s maintenance interval stops it.) When this fails on the server side, Spark stops such writes
-    and the server can become the default."""
+    itself and the interrupt in resources/spark_connect.py can go."""
     from backfill_platform.spark_server import SparkConnectServerProcess
 
     assert _commits_after_sigkill("", tmp_path / "embedded", tmp_path / "scratch", wait_s=40) == []
     with SparkConnectServerProcess(settings, data_dir=tmp_path / "server") as server:
         commits = _commits_after_sigkill(server.remote, tmp_path / "connect", tmp_path / "scratch")
     assert commits == ["00000000000000000000.json"]
+
+
+KILLED_RUN = """
+import sys
+import dagster as dg
+from backfill_platform.resources.spark import DeltaSparkResource
+
+remote, table = sys.argv[1:3]
+
+@dg.asset
+def long_write(context, pyspark: DeltaSparkResource) -> None:
+    spark = pyspark.spark_session
+    print("writing", context.run_id, flush=True)
+    (spark.range(0, 30_000_000, numPartitions=4).selectExpr("id", "sha2(cast(id AS STRING), 512) AS h")
+     .write.format("delta").mode("overwrite").save(table))
+
+resources = {"pyspark": DeltaSparkResource(spark_config={}, remote=remote)}
+dg.materialize([long_write], resources=resources, instance=dg.DagsterInstance.get())
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_s_write_on_a_spark_connect_server_is_stopped_before_its_failure_is_recorded(settings, tmp_path):
+    """A run whose session is on a Spark Connect server is tagged with the server, its session id is its
+    run id, and recording its FAILURE (what the code server or run monitoring does when its worker
+    died) first interrupts that session's operations and waits for them: the write of a run worker
+    SIGKILLed 3 s into it never commits (without this, the test above shows it commits), and the run's
+    log says what was interrupted."""
+    import os
+    import signal
+    import time
+
+    import dagster as dg
+
+    from backfill_platform import tags
+    from backfill_platform.spark_server import SparkConnectServerProcess
+
+    from .conftest import make_dagster_home
+
+    home = make_dagster_home(tmp_path / "home")
+    table = tmp_path / "connect"
+    with SparkConnectServerProcess(settings, data_dir=tmp_path / "server") as server:
+        worker = subprocess.Popen([sys.executable, "-c", KILLED_RUN, server.remote, str(table)], cwd=PROJECT_ROOT,
+                                  stdout=subprocess.PIPE, text=True, start_new_session=True,
+                                  env={**os.environ, "DAGSTER_HOME": str(home)})
+        try:
+            word, run_id = worker.stdout.readline().split()
+            assert word == "writing"
+            time.sleep(3)
+            assert worker.poll() is None and not list(table.glob("_delta_log/*.json"))  # killed mid-write
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.wait()
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
+        instance = dg.DagsterInstance.from_config(str(home))
+        run = instance.get_run_by_id(run_id)
+        assert run.status == dg.DagsterRunStatus.STARTED
+        assert run.tags[tags.SPARK_REMOTE] == server.remote
+        instance.report_run_failed(run, "The run worker died (SIGKILL).")
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+        time.sleep(40)  # the uninterrupted write commits 10-20 s after the kill (the test above)
+        assert sorted(path.name for path in table.glob("_delta_log/*.json")) == []
+    messages = [entry.message for entry in instance.all_logs(run_id) if entry.message]
+    interrupted = [message for message in messages if message.startswith("Interrupted 1 Spark Connect operation(s)")]
+    assert len(interrupted) == 1 and server.remote in interrupted[0]
+    instance.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_daemon_run_on_spark_connect_whose_worker_dies_leaves_nothing_running_there(spark, settings, tmp_path):
+    """End to end: the daemon launches a run of destination_data on a Spark Connect server; its Delta
+    write is slow (test fault ``slow``: 8 s per row). The run worker is SIGKILLed mid-write; the code
+    server that launched it records the run FAILURE, which first interrupts the run's session on the
+    server. No write of the date commits afterwards (uninterrupted, it would commit 8-40 s later), and
+    the run's log names the interrupted operation."""
+    import os
+    import signal
+    import time
+
+    import dagster as dg
+    import yaml
+
+    from backfill_platform import backfills, tags
+    from backfill_platform.definitions import build_defs
+    from backfill_platform.processes import DaemonProcess
+    from backfill_platform.resources import local_resources
+    from backfill_platform.spark_server import SparkConnectServerProcess
+
+    from . import fault_location
+    from .conftest import ARTIFACTS, make_dagster_home, subprocess_env
+    from .helpers import seed_source
+
+    day = "2024-03-05"
+    home = make_dagster_home(tmp_path / "home")
+    config = yaml.safe_load((home / "dagster.yaml").read_text())
+    config["run_monitoring"].update({"poll_interval_seconds": 1})
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    instance = dg.DagsterInstance.from_config(str(home))
+    resources = local_resources(settings)
+    seed_source(resources, instance, first_day="2024-03-04", last_day="2024-03-06", rows_per_date=5)
+    log = resources["tables"].destination.path + "/_delta_log"
+    state_dir = tmp_path / "faults"
+    with SparkConnectServerProcess(settings, data_dir=tmp_path / "server") as server:
+        faults = {fault_location.FAULTS_VAR: f"{day}=slow:8", fault_location.FAULT_STATE_DIR_VAR: str(state_dir)}
+        env = subprocess_env(settings, home, BACKFILL_SPARK_REMOTE=server.remote, **faults)
+        daemon = DaemonProcess(home, env=env, log_path=ARTIFACTS / "spark_connect_kill_daemon.log",
+                               workspace=fault_location.workspace_yaml(tmp_path))
+        daemon.start()
+        try:
+            backfill_id = backfills.launch_destination_backfill(
+                instance, build_defs(settings), [day], title="connect kill", tags={"dagster/max_retries": "0"})
+            deadline = time.monotonic() + 300
+            while not (state_dir / f"{day}.writing").exists():  # the slow write's tasks run on the server
+                assert time.monotonic() < deadline, "the run's write never started"
+                time.sleep(0.5)
+            [record] = instance.get_run_records(dg.RunsFilter(tags={tags.BACKFILL: backfill_id}))
+            run_id = record.dagster_run.run_id
+            assert instance.get_run_by_id(run_id).tags[tags.SPARK_REMOTE] == server.remote
+            commits_before = sorted(os.listdir(log))
+            [worker] = [int(event.message.split("pid: ")[1].split(")")[0]) for event in
+                        instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+                        if event.message and event.message.startswith("Started process for run (pid: ")]
+            os.kill(worker, signal.SIGKILL)
+            killed = time.monotonic()
+            while instance.get_run_by_id(run_id).status != dg.DagsterRunStatus.FAILURE:
+                assert time.monotonic() < killed + 120, "the dead run was never marked FAILURE"
+                time.sleep(0.5)
+            time.sleep(max(0.0, killed + 45 - time.monotonic()))  # past when the slow write would commit
+            assert sorted(os.listdir(log)) == commits_before
+        finally:
+            daemon.stop()
+    messages = [entry.message or "" for entry in instance.all_logs(run_id)]
+    assert any("Run execution process" in message and "SIGKILL" in message for message in messages), messages[-5:]
+    assert any(message.startswith("Interrupted 1 Spark Connect operation(s)") for message in messages), messages[-5:]
+    instance.dispose()

@@ -22,16 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from dagster_pyspark import LazyPySparkResource
+from pydantic import PrivateAttr
 
+from backfill_platform import tags
 from backfill_platform.resources.guard import refuse_resource_overrides
+from backfill_platform.resources.spark_connect import (
+    SparkStartError,
+    run_session_id,
+    server_address,
+    start_remote_session,
+)
 from backfill_platform.settings import Settings
 
 SCALA_VERSION = "2.13"
 SHORT_LIVED_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-
-
-class SparkStartError(RuntimeError):
-    """Spark could not start; the message says what is missing and how to fix it."""
 
 
 def delta_maven_coordinate() -> str:
@@ -139,8 +143,12 @@ class DeltaSparkResource(LazyPySparkResource):
     # an embedded JVM in this process.
     remote: str = ""
 
+    _run: Any = PrivateAttr(default=None)
+    _instance: Any = PrivateAttr(default=None)
+
     def setup_for_execution(self, context) -> None:
         refuse_resource_overrides(context.dagster_run)  # before any session can start
+        self._run, self._instance = context.dagster_run, context.instance
 
     @property
     def started_session(self) -> Any:
@@ -151,7 +159,12 @@ class DeltaSparkResource(LazyPySparkResource):
         # LazyPySparkResource's hook: called on the first read of spark_session / spark_context.
         if self._spark_session is None:
             if self.remote:
-                self._spark_session = start_remote_session(self.remote)
+                run_id = self._run.run_id if self._run is not None else None
+                if self._instance is not None and run_session_id(run_id):
+                    # before the session can run anything: a failed run's end interrupts its session
+                    # (resources/spark_connect.py)
+                    self._instance.add_run_tags(run_id, {tags.SPARK_REMOTE: server_address(self.remote)})
+                self._spark_session = start_remote_session(self.remote, run_session_id(run_id))
             else:
                 self._spark_session = start_spark_session(self.spark_config, self.log_level)
 
@@ -262,48 +275,3 @@ def _cancel_all_jobs(spark: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-
-
-def start_remote_session(remote: str) -> Any:
-    """A Spark Connect client session on a running server (no JVM in this process)."""
-    try:
-        import pyspark.sql.connect.session  # noqa: F401  (the client libraries are installed)
-        from pyspark.sql import SparkSession
-    except ImportError as error:
-        raise SparkStartError(
-            f"BACKFILL_SPARK_REMOTE={remote} needs the Spark Connect client libraries ({error}). "
-            "Install them with: pip install -e '.[fast]' (or unset BACKFILL_SPARK_REMOTE)."
-        ) from error
-    _check_reachable(remote)
-    try:
-        # builder.remote() also switches this process's pyspark.sql.functions to Connect mode.
-        session = SparkSession.builder.remote(remote).getOrCreate()
-        session.sql("SELECT 1").collect()
-    except Exception as error:  # grpc errors come in many classes
-        raise SparkStartError(
-            f"No Spark Connect server answers at BACKFILL_SPARK_REMOTE={remote} ({type(error).__name__}). "
-            "Start one with `backfill-platform spark-server`, or unset BACKFILL_SPARK_REMOTE to start "
-            "an embedded Spark in each run."
-        ) from error
-    return session
-
-
-def _check_reachable(remote: str) -> None:
-    """Fail in a second, not after the Connect client's minutes of retries, when nothing listens."""
-    import socket
-    from urllib.parse import urlparse
-
-    parsed = urlparse(remote)
-    if parsed.scheme != "sc" or not parsed.hostname:
-        raise SparkStartError(
-            f"BACKFILL_SPARK_REMOTE={remote!r} is not a Spark Connect URL like sc://127.0.0.1:15002."
-        )
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port or 15002), timeout=5):
-            pass
-    except OSError as error:
-        raise SparkStartError(
-            f"No Spark Connect server answers at BACKFILL_SPARK_REMOTE={remote} ({error}). "
-            "Start one with `backfill-platform spark-server`, or unset BACKFILL_SPARK_REMOTE to start "
-            "an embedded Spark in each run."
-        ) from None
