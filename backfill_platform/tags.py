@@ -45,7 +45,8 @@ DATE_SLOT_PREFIX = f"{PREFIX}/date_slot/"
 # Set by `backfill-platform backfill` on every run it submits itself (chunked mode), to follow them.
 LAUNCH_ID = f"{PREFIX}/launch_id"
 # Set by the Spark resource on a run whose session is on a Spark Connect server (sc://host:port):
-# the run's end interrupts what that session still runs (resources/spark_connect.py).
+# the run's end interrupts what that session still runs (resources/spark_connect.py). Empty: a run
+# retry of such a run that runs an embedded JVM (run retries copy their parent's tags).
 SPARK_REMOTE = f"{PREFIX}/spark_remote"
 
 

@@ -45,6 +45,25 @@ def test_spark_remote_setting_reaches_the_spark_resource():
     assert local_resources(Settings())["pyspark"].remote == ""
 
 
+def test_a_run_retry_on_an_embedded_jvm_drops_the_inherited_spark_connect_tag(spark, settings, instance):
+    """Run retries copy their parent's tags: a retry of a run that used a Spark Connect server, running on
+    an embedded JVM, clears ``tags.SPARK_REMOTE``, so its end does not try to interrupt a session on a
+    server it never used."""
+    import dagster as dg
+
+    from backfill_platform import tags
+    from backfill_platform.resources.spark import DeltaSparkResource, local_spark_config
+
+    @dg.asset(required_resource_keys={"pyspark"})
+    def counted(context) -> None:
+        assert context.resources.pyspark.spark_session.range(3).count() == 3
+
+    result = dg.materialize([counted], instance=instance, tags={tags.SPARK_REMOTE: "sc://127.0.0.1:1"},
+                            resources={"pyspark": DeltaSparkResource(spark_config=local_spark_config(settings))})
+    assert result.success
+    assert instance.get_run_by_id(result.run_id).tags[tags.SPARK_REMOTE] == ""
+
+
 KILLED_WRITE = """
 import sys
 from backfill_platform.resources.spark import local_spark_config, start_spark_session

@@ -166,6 +166,9 @@ class DeltaSparkResource(LazyPySparkResource):
                     self._instance.add_run_tags(run_id, {tags.SPARK_REMOTE: server_address(self.remote)})
                 self._spark_session = start_remote_session(self.remote, run_session_id(run_id))
             else:
+                if self._run is not None and self._instance is not None and self._run.tags.get(tags.SPARK_REMOTE):
+                    # a run retry inherits its parent's tags: this run is not on that server
+                    self._instance.add_run_tags(self._run.run_id, {tags.SPARK_REMOTE: ""})
                 self._spark_session = start_spark_session(self.spark_config, self.log_level)
 
 
