@@ -158,15 +158,16 @@ class DeltaSparkResource(LazyPySparkResource):
     def _init_session(self) -> None:
         # LazyPySparkResource's hook: called on the first read of spark_session / spark_context.
         if self._spark_session is None:
+            in_run = self._run is not None and self._instance is not None
             if self.remote:
-                run_id = self._run.run_id if self._run is not None else None
-                if self._instance is not None and run_session_id(run_id):
+                session_id = run_session_id(self._run.run_id) if in_run else None
+                if session_id:
                     # before the session can run anything: a failed run's end interrupts its session
                     # (resources/spark_connect.py)
-                    self._instance.add_run_tags(run_id, {tags.SPARK_REMOTE: server_address(self.remote)})
-                self._spark_session = start_remote_session(self.remote, run_session_id(run_id))
+                    self._instance.add_run_tags(self._run.run_id, {tags.SPARK_REMOTE: server_address(self.remote)})
+                self._spark_session = start_remote_session(self.remote, session_id)
             else:
-                if self._run is not None and self._instance is not None and self._run.tags.get(tags.SPARK_REMOTE):
+                if in_run and self._run.tags.get(tags.SPARK_REMOTE):
                     # a run retry inherits its parent's tags: this run is not on that server
                     self._instance.add_run_tags(self._run.run_id, {tags.SPARK_REMOTE: ""})
                 self._spark_session = start_spark_session(self.spark_config, self.log_level)

@@ -9,7 +9,7 @@ with it. So:
 - a run's session id is its Dagster run id (both are UUID4), and the run is tagged with the server it
   uses (``tags.SPARK_REMOTE``, the URL without its parameters: a token never lands in a tag);
 - before a RUN_FAILURE or RUN_CANCELED of such a run is stored (``BackfillPlatformInstance``, in
-  whatever process records it: the daemon's run monitoring for a dead worker), the session's operations
+  whatever process records it: the code server that launched a worker that died), the session's operations
   are interrupted and awaited (:func:`stop_run_operations`): once the run's end is recorded, nothing
   it started on the server can commit.
 
@@ -22,6 +22,7 @@ import time
 import uuid
 from urllib.parse import urlparse
 
+DEFAULT_PORT = 15002  # Spark Connect's, when the URL names none
 # GetStatusResponse.OperationStatus.OperationState: RUNNING, TERMINATING (still able to commit)
 _OPERATION_STILL_RUNNING = (2, 3)
 
@@ -51,7 +52,7 @@ def session_url(remote: str, session_id: str | None) -> str:
 def server_address(remote: str) -> str:
     """``sc://host:port`` of ``remote``, without parameters (which may hold a token)."""
     parsed = urlparse(remote)
-    return f"sc://{parsed.hostname}:{parsed.port or 15002}"
+    return f"sc://{parsed.hostname}:{parsed.port or DEFAULT_PORT}"
 
 
 def start_remote_session(remote: str, session_id: str | None = None):
@@ -90,7 +91,7 @@ def _check_reachable(remote: str) -> None:
             f"BACKFILL_SPARK_REMOTE={remote!r} is not a Spark Connect URL like sc://127.0.0.1:15002."
         )
     try:
-        with socket.create_connection((parsed.hostname, parsed.port or 15002), timeout=5):
+        with socket.create_connection((parsed.hostname, parsed.port or DEFAULT_PORT), timeout=5):
             pass
     except OSError as error:
         raise SparkStartError(
