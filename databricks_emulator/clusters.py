@@ -98,6 +98,42 @@ class ClustersApi:
 SPARK_VERSION_KEY = re.compile(r"\d+\.(\d+\.)?x(-[a-z0-9-]+)?-scala\d+\.\d+")
 
 
+def run_job_tag(run_id: int) -> str:
+    """The Spark job tag of the jobs a run starts on an existing cluster's shared JVM."""
+    return f"emulated-run-{run_id}"
+
+
+def cancel_tagged_jobs(gateway: dict[str, Any], tag: str, quiet_s: float = 2.0, timeout_s: float = 30.0) -> int:
+    """Cancel the Spark jobs tagged ``tag`` on an existing cluster's JVM, as Databricks cancels an
+    ended run's Spark jobs; returns how many jobs were running.
+
+    The run's driver process is already dead, but the JVM thread that served its last py4j call
+    runs that call (a ``save``: snapshot jobs, write jobs, then the commit) to its end; each of its
+    jobs is cancelled as it starts, until none has run for ``quiet_s``. A commit that began before
+    the first cancel still lands (so it does on Databricks, which cancels a run asynchronously)."""
+    from py4j.clientserver import ClientServer, JavaParameters, PythonParameters
+
+    client = ClientServer(
+        java_parameters=JavaParameters(port=gateway["port"], auth_token=gateway["secret"], auto_convert=True),
+        python_parameters=PythonParameters(port=0, eager_load=False),
+    )
+    cancelled: set[int] = set()
+    try:
+        context = client.jvm.org.apache.spark.SparkContext.getOrCreate()
+        tracker = context.statusTracker()
+        deadline, quiet_since = time.monotonic() + timeout_s, time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_s:
+            active = set(tracker.getActiveJobIds()) & set(tracker.getJobIdsForTag(tag))
+            if active:
+                context.cancelJobsWithTag(tag)
+                cancelled |= active
+                quiet_since = time.monotonic()
+            time.sleep(0.05)
+    finally:
+        client.close()  # not shutdown(): that would stop the cluster JVM's gateway server
+    return len(cancelled)
+
+
 def validate_new_cluster(spec: Any) -> None:
     """The checks Databricks makes on a ``runs/submit`` task's ``new_cluster`` before creating a run
     (node types are not checked: the emulator has no node type list)."""

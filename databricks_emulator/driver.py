@@ -140,6 +140,9 @@ def _attach_to_cluster():
     )
     SparkContext(gateway=gateway, jsc=jsc, conf=SparkConf(_jvm=jvm, _jconf=jsc.getConf()))  # the `sc` the session wraps
     spark = SparkSession.builder.getOrCreate()  # the cluster's default session; never stop it
+    # Every Spark job of this run carries its tag (this thread's, and threads it starts), so the
+    # emulator can cancel them when the run ends early (timeout, cancel, lost driver).
+    spark.sparkContext.addJobTag(os.environ["EMULATOR_RUN_TAG"])
     for key, value in _metastore().catalog_spark_config(WAREHOUSE).items():
         spark.conf.set(key, value)  # catalogs created since the cluster started
     return spark, False

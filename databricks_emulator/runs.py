@@ -21,7 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from databricks_emulator.clusters import DRIVER_SCRIPT, java_pid_in_group, kill_process_group, validate_new_cluster
+from databricks_emulator.clusters import (
+    DRIVER_SCRIPT,
+    cancel_tagged_jobs,
+    java_pid_in_group,
+    kill_process_group,
+    run_job_tag,
+    validate_new_cluster,
+)
 from databricks_emulator.dbfs import MAX_BLOCK
 from databricks_emulator.errors import ApiError, DropConnection, bad
 from databricks_emulator.faults import (
@@ -75,6 +82,7 @@ class EmulatedRun:
     # The driver JVM the run's Spark ran in: the existing cluster's one JVM, or (new job cluster) the
     # run's own, started by its driver process. Read from /proc (None where there is none, or no /proc).
     jvm_pid: int | None = None
+    cancelled_jobs: int = 0  # Spark jobs of the run cancelled on the existing cluster's JVM when it ended early
 
 
 class JobsApi:
@@ -385,6 +393,13 @@ class JobsApi:
 
     # ------------------------------------------------------------------ execution (the driver subprocess)
 
+    def _stop_driver(self, run: EmulatedRun, gateway: dict[str, Any] | None) -> None:
+        """End a run early: kill its driver process group at once (no grace: the step's Dagster code
+        captures SIGTERM and would run on), then cancel its Spark jobs on the shared JVM."""
+        kill_process_group(run.process, signal.SIGKILL)
+        if gateway is not None:
+            run.cancelled_jobs = cancel_tagged_jobs(gateway, run_job_tag(run.run_id))
+
     def _execute(self, run: EmulatedRun, pending_s: float, internal: str | None, lose_after: float | None) -> None:
         try:
             self._execute_inner(run, pending_s, internal, lose_after)
@@ -429,6 +444,7 @@ class JobsApi:
             env["EMULATOR_HOLD_S"] = str(run.hold_s)
         if run.fail_write:
             env["EMULATOR_FAIL_FIRST_WRITE"] = run.fail_write
+        gateway = None  # the existing cluster's shared JVM the run attaches to, if any
         if self.warm_existing_clusters and run.task.get("existing_cluster_id"):
             try:
                 gateway = self.cluster_gateway(run.cluster_id)
@@ -438,6 +454,7 @@ class JobsApi:
                 return
             env["EMULATOR_GATEWAY_PORT"] = str(gateway["port"])
             env["EMULATOR_GATEWAY_SECRET"] = str(gateway["secret"])
+            env["EMULATOR_RUN_TAG"] = run_job_tag(run.run_id)
             run.jvm_pid = gateway.get("jvm_pid")
             if run.cancel_event.is_set():
                 self._finish(run, "CANCELED", "Run cancelled while pending.")
@@ -461,16 +478,16 @@ class JobsApi:
                 run.jvm_pid = java_pid_in_group(run.process.pid)
                 next_look = time.monotonic() + 0.5
             if run.cancel_event.is_set():
-                kill_process_group(run.process)
+                self._stop_driver(run, gateway)
                 self._finish(run, "CANCELED", "Run cancelled.")
                 return
             if run.timeout_seconds and time.monotonic() - started > run.timeout_seconds:
-                kill_process_group(run.process)
+                self._stop_driver(run, gateway)
                 run.error = f"Run timed out after {run.timeout_seconds} seconds."
                 self._finish(run, "TIMEDOUT", f"Run timed out after {run.timeout_seconds} seconds (timeout_seconds).")
                 return
             if lose_after is not None and time.monotonic() - running_since > lose_after:
-                kill_process_group(run.process, signal.SIGKILL)
+                self._stop_driver(run, gateway)
                 message = "The Spark driver has stopped unexpectedly and is restarting (driver lost, emulated)."
                 run.error = message
                 self._finish(run, "FAILED", message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import pytest
 from databricks.sdk import WorkspaceClient, errors
@@ -191,3 +192,44 @@ def test_a_poll_fault_answers_one_runs_get_of_the_matching_run(client, emulator)
     with pytest.raises(errors.InternalError):
         client.jobs.get_run(run_id)
     assert client.jobs.get_run(run_id).run_id == run_id
+
+
+# ----------------------------------------------------------------------------- a run ended mid-write
+
+SLOW_WRITE = """
+import pathlib, sys
+table, marker = sys.argv[1], sys.argv[2]
+slow = spark.range(0, 2, 1, 2).selectExpr("id", "java_method('java.lang.Thread', 'sleep', 8000L) AS slept")
+pathlib.Path(marker).write_text("writing")
+slow.write.format("delta").save(table)
+"""
+
+
+@pytest.mark.parametrize("end", ["timeout", "cancel"])
+def test_a_run_ended_mid_write_on_the_existing_cluster_commits_nothing_after_it_ends(client, emulator, tmp_path, end):
+    """Databricks cancels a timed-out or cancelled run's Spark jobs, not only its Python process.
+
+    On an existing cluster the task's Python process drives the cluster's shared JVM: killing the
+    process alone leaves its write running there, and it commits after the run ended (and after
+    the step launcher started the retry that writes the same dates)."""
+    emulator.cluster_gateway(DEFAULT_CLUSTER_ID)  # warm: the timeout counts from the submit
+    table, marker = tmp_path / "table", tmp_path / "writing"
+    client.dbfs.put("/s/slow_write.py", contents=base64.b64encode(SLOW_WRITE.encode()).decode(), overwrite=True)
+    task = {"task_key": "t", "existing_cluster_id": DEFAULT_CLUSTER_ID,
+            "spark_python_task": {"python_file": "dbfs:/s/slow_write.py", "parameters": [str(table), str(marker)]}}
+    run_id = client.jobs.submit(
+        run_name=f"slow-write-{end}", timeout_seconds=6 if end == "timeout" else 0,
+        tasks=[jobs.SubmitTask.from_dict(task)],
+    ).bind()["run_id"]
+    deadline = time.monotonic() + 60
+    while not marker.exists():  # the task is in its write (8 s of Spark tasks)
+        assert time.monotonic() < deadline and client.jobs.get_run(run_id).state.result_state is None
+        time.sleep(0.1)
+    if end == "cancel":
+        time.sleep(1)
+        client.jobs.cancel_run(run_id)
+    emulator.wait_for_run(run_id, timeout_s=60)
+    assert client.jobs.get_run(run_id).state.result_state.value == {"timeout": "TIMEDOUT", "cancel": "CANCELED"}[end]
+    time.sleep(15)  # the write's Spark tasks would have ended 8 s after they started, and it committed
+    assert not (table / "_delta_log").exists() or not list((table / "_delta_log").glob("*.json"))
+    assert emulator.runs[run_id].cancelled_jobs >= 1  # its write job, cancelled on the cluster's JVM
