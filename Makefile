@@ -37,14 +37,23 @@ postgresql:
 lint: setup
 	$(BIN)/ruff check .
 
+## Test files run in TEST_WORKERS parallel pytest processes (pytest-xdist; a file's tests stay in one
+## process, so its module fixtures are set up once). 1 runs them in this process, one after another.
+TEST_WORKERS ?= 2
+ifeq ($(TEST_WORKERS),1)
+PYTEST_PARALLEL :=
+else
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
+endif
+
 ## The test suite (what CI runs): the linter, then every test.
 test: setup chromium postgresql lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 ## The fast tier for your own loop: no daemon, webserver, emulator, Spark Connect server or browser
 ## (tests marked `slow` are skipped; real local Spark and Delta still run).
 test-fast: setup lint
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 ## The Dagster UI on http://127.0.0.1:3000, with the instance's one daemon (started only if none runs)
 dev: setup
