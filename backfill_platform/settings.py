@@ -23,7 +23,7 @@ tests build their own. :class:`Settings` has one section per concern: ``tables``
 | ``BACKFILL_MAX_PARTITIONS_PER_RUN`` | ``500`` | business days one backfill run processes at most; ``all``: one run per backfill (``BackfillPolicy.single_run()``, which ``dagster asset materialize --partition-range`` requires) |
 | ``BACKFILL_MIN_KEPT_SHARE`` | ``0.5`` | share (0, 1] of a date's source rows that must survive the 'drop' expectations, else the run fails before writing |
 | ``BACKFILL_SPARK_MASTER`` | ``local[2]`` | Spark master of the local deployment |
-| ``BACKFILL_SPARK_REMOTE`` | (none) | ``sc://127.0.0.1:PORT`` of a warm Spark Connect server (``backfill-platform spark-server``) that local runs use instead of starting a JVM each |
+| ``BACKFILL_SPARK_REMOTE`` | (none) | ``sc://127.0.0.1:PORT`` of a warm Spark Connect server (``backfill-platform spark-server``) that local runs use instead of starting a JVM each; a ``token`` parameter is refused (urls.py) |
 | ``BACKFILL_SPARK_JARS`` | (none) | local Delta jars instead of resolving them from Maven Central |
 | ``BACKFILL_SPARK_CONF`` | (none) | extra Spark settings for the local session: ``key=value;key=value`` |
 | ``BACKFILL_JAR_CACHE`` | ``~/.cache/backfill_platform/jars`` | where Delta's jars are cached after the first start |
@@ -80,6 +80,8 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from backfill_platform.urls import spark_remote_problem, webhook_url_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,6 +163,12 @@ def _parse_lower(name: str, value: str) -> str:
 
 def _parse_path(_name: str, value: str) -> Path:
     return Path(value).expanduser().resolve()
+
+
+def _parse_spark_remote(name: str, value: str) -> str:
+    if problem := spark_remote_problem(value):
+        raise SettingsError(f"{name}: {problem}.")
+    return value
 
 
 # ------------------------------------------------------------------------------------ sections
@@ -335,30 +343,11 @@ class AlertSettings:
             )
 
     @staticmethod
-    def webhook_url_problem(url: str) -> str | None:
-        """What is wrong with a webhook URL, in words that never quote it (it is a secret); None if
-        it is usable."""
-        import urllib.parse
-
-        if url != url.strip() or any(char.isspace() or ord(char) < 32 for char in url):
-            return "it contains spaces or control characters (remove them; encode a space in a path as %20)"
-        try:
-            parts = urllib.parse.urlsplit(url)
-            parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0-65535
-        except ValueError:
-            return "it is not a URL (bad port or brackets)"
-        if parts.scheme.lower() not in ("http", "https"):
-            return "it does not start with https:// (or http://)"
-        if not parts.hostname:
-            return "it has no host name"
-        return None
-
-    @staticmethod
     def webhook_given(url: str | None) -> bool:
         """Whether a webhook URL is configured; a malformed one is a SettingsError that does not echo it."""
         if url is None or not url.strip():
             return False
-        problem = AlertSettings.webhook_url_problem(url)
+        problem = webhook_url_problem(url)
         if problem:
             raise SettingsError(
                 f"{AlertSettings.WEBHOOK_URL_VAR} is not a usable webhook URL: {problem}. "
@@ -449,7 +438,7 @@ class Settings:
             }),
             spark=section(SparkSettings, {
                 "BACKFILL_SPARK_MASTER": ("master", None),
-                "BACKFILL_SPARK_REMOTE": ("remote", None),
+                "BACKFILL_SPARK_REMOTE": ("remote", _parse_spark_remote),
                 "BACKFILL_SPARK_JARS": ("jars", None),
                 "BACKFILL_SPARK_CONF": ("conf", _parse_spark_conf),
                 "BACKFILL_JAR_CACHE": ("jar_cache_dir", _parse_path),

@@ -4,6 +4,7 @@ written. (The GraphQL doors, with a real webserver, are in
 ``test_entry_points.py::test_web_ui_partition_backfill_launcher``.)"""
 
 import datetime as dt
+import secrets
 
 import dagster as dg
 import pytest
@@ -118,6 +119,41 @@ def test_cli_refuses_bad_timeouts_and_platform_tags(argv, message, capsys, tmp_p
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "never-created").exists()  # nothing was launched
+
+
+SPARK_TOKEN = "spark-canary-" + secrets.token_hex(8)
+
+
+@pytest.mark.parametrize("remote", [
+    f"sc://127.0.0.1:15002/;token={SPARK_TOKEN}",
+    f"sc://127.0.0.1:15002/;use_ssl=true;Token={SPARK_TOKEN}",
+    f"sc://127.0.0.1:15002;token={SPARK_TOKEN}",  # malformed too: still not echoed
+], ids=["token", "Token after use_ssl", "malformed, with a token"])  # (a test id is printed)
+def test_a_token_in_the_spark_connect_url_is_refused_without_being_echoed(remote, capsys, tmp_path, monkeypatch):
+    """BACKFILL_SPARK_REMOTE becomes the Spark resource's config, which Dagster keeps in the code
+    location's snapshot (the UI's resource page shows it), and a server that cannot be reached is
+    reported with the URL: the platform takes no secret in it."""
+    with pytest.raises(SettingsError, match="BACKFILL_SPARK_REMOTE") as refused:
+        Settings.from_env({"BACKFILL_SPARK_REMOTE": remote})
+    assert SPARK_TOKEN not in str(refused.value)
+    monkeypatch.setenv("BACKFILL_SPARK_REMOTE", remote)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "never-created"))
+    assert main(["backfill", "--from", "2024-07-01", "--to", "2024-07-02"]) == 2
+    out = capsys.readouterr()
+    assert "BACKFILL_SPARK_REMOTE" in out.err and "Traceback" not in out.err
+    assert SPARK_TOKEN not in out.out + out.err
+    assert not (tmp_path / "never-created").exists()  # nothing was launched
+
+
+@pytest.mark.parametrize("remote", ["http://127.0.0.1:15002", "sc://", "sc://127.0.0.1:port", "127.0.0.1:15002"])
+def test_a_spark_connect_url_is_checked_when_the_settings_load(remote):
+    with pytest.raises(SettingsError, match="is not a Spark Connect URL like sc://127.0.0.1:15002"):
+        Settings.from_env({"BACKFILL_SPARK_REMOTE": remote})
+
+
+@pytest.mark.parametrize("remote", ["sc://127.0.0.1:15002", " sc://localhost ", "sc://10.0.0.5:15002/;use_ssl=false"])
+def test_a_spark_connect_url_without_a_token_is_taken(remote):
+    assert Settings.from_env({"BACKFILL_SPARK_REMOTE": remote}).spark.remote == remote.strip()
 
 
 def test_dagster_maps_an_excluded_key_to_the_next_day_and_the_platform_refuses_it():

@@ -21,6 +21,7 @@ import dagster as dg
 from pydantic import Field
 
 from backfill_platform.settings import AlertSettings, Settings
+from backfill_platform.urls import webhook_url_problem
 
 EMAIL, WEBHOOK = "email", "webhook"
 
@@ -99,7 +100,7 @@ class AlertNotifier(dg.ConfigurableResource):
             smtp.send_message(message)
 
     def _post_webhook(self, subject: str, text: str) -> None:
-        problem = AlertSettings.webhook_url_problem(self.webhook_url or "")
+        problem = webhook_url_problem(self.webhook_url or "")
         if problem:
             raise AlertDeliveryError(f"the webhook URL is not usable: {problem}")
         body = json.dumps({"text": f"*{subject}*\n{text}"}).encode()
