@@ -64,6 +64,33 @@ def test_a_run_retry_on_an_embedded_jvm_drops_the_inherited_spark_connect_tag(sp
     assert instance.get_run_by_id(result.run_id).tags[tags.SPARK_REMOTE] == ""
 
 
+def test_a_run_whose_spark_connect_server_does_not_answer_at_its_end_still_ends_and_says_so(tmp_path):
+    """The interrupt before a run's end is stored needs the server; when nothing answers there, the
+    run's FAILURE is stored anyway and its log says that a write it started may still commit."""
+    import dagster as dg
+
+    from backfill_platform import tags
+
+    from .conftest import make_dagster_home
+
+    @dg.asset
+    def fails() -> None:
+        raise RuntimeError("the step fails")
+
+    address = f"sc://127.0.0.1:{free_port()}"  # nothing listens there
+    instance = dg.DagsterInstance.from_config(str(make_dagster_home(tmp_path / "home")))
+    try:
+        result = dg.materialize([fails], instance=instance, tags={tags.SPARK_REMOTE: address}, raise_on_error=False)
+        assert instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.FAILURE
+        messages = [entry.message for entry in instance.all_logs(result.run_id) if entry.message]
+        prefix = f"Could not stop this run's Spark Connect operations on {address}"
+        warning = [m for m in messages if m.startswith(prefix)]
+        assert len(warning) == 1 and warning[0].endswith("a write it started there may still commit."), messages
+        assert "No Spark Connect server answers" in warning[0]
+    finally:
+        instance.dispose()
+
+
 KILLED_WRITE = """
 import sys
 from backfill_platform.resources.spark import local_spark_config, start_spark_session
