@@ -398,7 +398,10 @@ class JobsApi:
         captures SIGTERM and would run on), then cancel its Spark jobs on the shared JVM."""
         kill_process_group(run.process, signal.SIGKILL)
         if gateway is not None:
-            run.cancelled_jobs = cancel_tagged_jobs(gateway, run_job_tag(run.run_id))
+            try:
+                run.cancelled_jobs = cancel_tagged_jobs(gateway, run_job_tag(run.run_id))
+            except Exception as error:  # py4j's: the cluster's JVM is gone, and the run's jobs with it
+                run.error = f"Could not reach the cluster's JVM to cancel the run's Spark jobs: {error}"
 
     def _execute(self, run: EmulatedRun, pending_s: float, internal: str | None, lose_after: float | None) -> None:
         try:
