@@ -37,9 +37,10 @@ postgresql:
 lint: setup
 	$(BIN)/ruff check .
 
-## Test files run in TEST_WORKERS parallel pytest processes (pytest-xdist; a file's tests stay in one
-## process, so its module fixtures are set up once). 1 runs them in this process, one after another.
-TEST_WORKERS ?= 2
+## TEST_WORKERS=2 runs the test files in 2 parallel pytest processes (pytest-xdist; a file's tests stay in
+## one process, so its module fixtures are set up once). The default, 1, runs them one after another: on a
+## 2-core machine one of three 2-process runs overloaded it (docs in README, "Tests").
+TEST_WORKERS ?= 1
 ifeq ($(TEST_WORKERS),1)
 PYTEST_PARALLEL :=
 else
