@@ -118,7 +118,7 @@ def stop_spark_connect_operations(instance: dg.DagsterInstance, event) -> None:
         return
     from backfill_platform.resources.spark_connect import server_address, stop_run_operations
 
-    configured = os.environ.get(SPARK_REMOTE_VARIABLE, "").strip()  # its parameters (a token), if the same server
+    configured = os.environ.get(SPARK_REMOTE_VARIABLE, "").strip()  # its parameters (e.g. use_ssl), if the same server
     remote = configured if configured and server_address(configured) == address else address
     try:
         interrupted = stop_run_operations(remote, run.run_id)

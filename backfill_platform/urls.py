@@ -2,8 +2,8 @@
 
 ``BACKFILL_ALERT_WEBHOOK_URL`` is a secret as a whole (read through ``dg.EnvVar``; a malformed one is
 refused without echoing it). ``BACKFILL_SPARK_REMOTE`` becomes the Spark resource's config, which
-Dagster keeps in the code location's snapshot (the UI's resource page shows it) and start errors
-quote, so it may hold no secret at all: a Spark Connect ``token`` parameter is refused.
+Dagster keeps in the code location's snapshot (``configured_values``) and start errors quoted, so it
+may hold no secret at all: a Spark Connect ``token`` parameter is refused.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def spark_remote_problem(remote: str) -> str | None:
     if re.search(r"token\s*=", remote, re.IGNORECASE):
         return (
             "it carries a token (the value is not shown). The platform keeps no secret in this variable: "
-            "it is resource config, shown in Dagster's UI and quoted in errors. Use a Spark Connect server "
-            "without token authentication on a trusted host (backfill-platform spark-server binds 127.0.0.1)"
+            "it is resource config, kept in Dagster's code location snapshot and quoted in errors. Use a Spark "
+            "Connect server without token authentication on a trusted host (backfill-platform spark-server "
+            "binds 127.0.0.1)"
         )
     base = remote.partition("/;")[0]
     try:

@@ -131,7 +131,7 @@ SPARK_TOKEN = "spark-canary-" + secrets.token_hex(8)
 ], ids=["token", "Token after use_ssl", "malformed, with a token"])  # (a test id is printed)
 def test_a_token_in_the_spark_connect_url_is_refused_without_being_echoed(remote, capsys, tmp_path, monkeypatch):
     """BACKFILL_SPARK_REMOTE becomes the Spark resource's config, which Dagster keeps in the code
-    location's snapshot (the UI's resource page shows it), and a server that cannot be reached is
+    location's snapshot (``configured_values``), and a server that cannot be reached is
     reported with the URL: the platform takes no secret in it."""
     with pytest.raises(SettingsError, match="BACKFILL_SPARK_REMOTE") as refused:
         Settings.from_env({"BACKFILL_SPARK_REMOTE": remote})

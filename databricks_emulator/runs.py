@@ -394,8 +394,9 @@ class JobsApi:
     # ------------------------------------------------------------------ execution (the driver subprocess)
 
     def _stop_driver(self, run: EmulatedRun, gateway: dict[str, Any] | None) -> None:
-        """End a run early: kill its driver process group at once (no grace: the step's Dagster code
-        captures SIGTERM and would run on), then cancel its Spark jobs on the shared JVM."""
+        """End a run early: kill its driver process group at once (no grace: inside a step Dagster's
+        ``capture_interrupts`` maps SIGTERM to its own handler and the step could run on), then cancel its
+        Spark jobs on the shared JVM."""
         kill_process_group(run.process, signal.SIGKILL)
         if gateway is not None:
             try:

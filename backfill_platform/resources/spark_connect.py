@@ -7,7 +7,7 @@ commit its Delta write after Dagster recorded the run FAILED, and a rerun of its
 with it. So:
 
 - a run's session id is its Dagster run id (both are UUID4), and the run is tagged with the server it
-  uses (``tags.SPARK_REMOTE``, the URL without its parameters: a token never lands in a tag);
+  uses (``tags.SPARK_REMOTE``, the URL without its parameters; settings.py refuses a token in them);
 - before a RUN_FAILURE or RUN_CANCELED of such a run is stored (``BackfillPlatformInstance``, in
   whatever process records it: the code server that launched a worker that died), the session's operations
   are interrupted and awaited (:func:`stop_run_operations`): once the run's end is recorded, nothing
@@ -50,7 +50,7 @@ def session_url(remote: str, session_id: str | None) -> str:
 
 
 def server_address(remote: str) -> str:
-    """``sc://host:port`` of ``remote``, without parameters (which may hold a token)."""
+    """``sc://host:port`` of ``remote``, without its parameters."""
     parsed = urlparse(remote)
     return f"sc://{parsed.hostname}:{parsed.port or DEFAULT_PORT}"
 
