@@ -70,4 +70,5 @@ bench-quick: $(VENV)/.bench-installed
 	$(BIN)/python bench/run.py --quick
 
 clean:
+	-$(BIN)/backfill-platform spark-server --stop
 	rm -rf .data bench/.work dagster_home/storage dagster_home/history dagster_home/schedules dagster_home/logs

@@ -23,6 +23,8 @@ tests build their own. :class:`Settings` has one section per concern: ``tables``
 | ``BACKFILL_MAX_PARTITIONS_PER_RUN`` | ``500`` | business days one backfill run processes at most; ``all``: one run per backfill (``BackfillPolicy.single_run()``, which ``dagster asset materialize --partition-range`` requires) |
 | ``BACKFILL_MIN_KEPT_SHARE`` | ``0.5`` | share (0, 1] of a date's source rows that must survive the 'drop' expectations, else the run fails before writing |
 | ``BACKFILL_SPARK_MASTER`` | ``local[2]`` | Spark master of the local deployment |
+| ``BACKFILL_SPARK_SERVER`` | ``shared`` | ``shared``: local runs attach to one warm Spark Connect server per data dir, started by the first run that needs it and stopped after ``BACKFILL_SPARK_SERVER_IDLE_SECONDS`` with no run attached (``spark_server.py``); ``embedded``: a JVM in each run's process. ``Settings()`` built in code defaults to ``embedded`` (a Connect client switches its whole process to Connect mode) |
+| ``BACKFILL_SPARK_SERVER_IDLE_SECONDS`` | ``900`` | how long the shared server stays up with no run attached |
 | ``BACKFILL_SPARK_REMOTE`` | (none) | ``sc://127.0.0.1:PORT`` of a warm Spark Connect server (``backfill-platform spark-server``) that local runs use instead of starting a JVM each; a ``token`` parameter is refused (urls.py) |
 | ``BACKFILL_SPARK_JARS`` | (none) | local Delta jars instead of resolving them from Maven Central |
 | ``BACKFILL_SPARK_CONF`` | (none) | extra Spark settings for the local session: ``key=value;key=value`` |
@@ -199,6 +201,7 @@ class TableSettings:
 
 
 TABLE_LAYOUTS = ("partitioned", "clustered")
+SPARK_SERVER_MODES = ("shared", "embedded")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")  # no dots, quotes, slashes or spaces
 TABLE_NAME_VARIABLES = {
     "catalog": "BACKFILL_CATALOG",
@@ -224,10 +227,16 @@ class SparkSettings:
     """The local deployment's Spark (resources/spark.py)."""
 
     master: str = "local[2]"
-    remote: str = ""  # sc://host:port of a warm Spark Connect server; empty: a JVM per run
+    remote: str = ""  # sc://host:port of a warm Spark Connect server someone else runs (wins over `server`)
+    server: str = "embedded"  # from_env's default is "shared"; the module docstring says why they differ
+    server_idle_seconds: float = 900.0
     jars: str = ""
     conf: Mapping[str, str] = dataclasses.field(default_factory=dict)
     jar_cache_dir: Path = Path.home() / ".cache" / "backfill_platform" / "jars"
+
+    def __post_init__(self) -> None:
+        if self.server not in SPARK_SERVER_MODES:
+            raise SettingsError(f"BACKFILL_SPARK_SERVER={self.server!r}: use {' or '.join(SPARK_SERVER_MODES)}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,8 +417,9 @@ class Settings:
             value = env.get(name)
             return value.strip() if value and value.strip() else None
 
-        def section(kind: type, variables: Mapping[str, tuple[str, Callable[[str, str], object] | None]]):
-            values = {}
+        def section(kind: type, variables: Mapping[str, tuple[str, Callable[[str, str], object] | None]],
+                    defaults: Mapping[str, object] | None = None):
+            values = dict(defaults or {})
             for var, (field, parse) in variables.items():
                 if (value := get(var)) is not None:
                     values[field] = parse(var, value) if parse else value
@@ -437,12 +447,14 @@ class Settings:
                 "BACKFILL_EXTRA_CLOSURES": ("extra_closures", _parse_closures),
             }),
             spark=section(SparkSettings, {
+                "BACKFILL_SPARK_SERVER": ("server", _parse_lower),
+                "BACKFILL_SPARK_SERVER_IDLE_SECONDS": ("server_idle_seconds", _parse_positive_float),
                 "BACKFILL_SPARK_MASTER": ("master", None),
                 "BACKFILL_SPARK_REMOTE": ("remote", _parse_spark_remote),
                 "BACKFILL_SPARK_JARS": ("jars", None),
                 "BACKFILL_SPARK_CONF": ("conf", _parse_spark_conf),
                 "BACKFILL_JAR_CACHE": ("jar_cache_dir", _parse_path),
-            }),
+            }, defaults={"server": "shared"}),  # the deployment's default; SparkSettings' own is embedded
             retries=section(RetrySettings, {
                 "BACKFILL_STEP_MAX_RETRIES": ("step_max_retries", _parse_non_negative_int),
                 "BACKFILL_STEP_RETRY_DELAY_SECONDS": ("step_retry_delay_seconds", _parse_non_negative_float),

@@ -1,12 +1,8 @@
-"""A long-lived local Spark Connect server: one warm JVM that many Dagster runs share.
+"""``backfill-platform spark-server``: a local Spark Connect server in the foreground, until Ctrl-C.
 
-Every local run otherwise starts its own JVM (~7 s here), which dominates a per-date run (the
-rerun sensor's and the daily schedule's runs are per-date). ``backfill-platform spark-server`` starts
-``org.apache.spark.sql.connect.service.SparkConnectServer`` (shipped in pyspark 4.2's jars) with the
-same Delta/Spark settings as an embedded session, bound to 127.0.0.1. Runs then use it when
-``BACKFILL_SPARK_REMOTE=sc://127.0.0.1:PORT`` is set: ``DeltaSparkResource`` opens a thin Spark Connect
-client instead of starting a JVM. Needs the ``fast`` extra (``pip install -e '.[fast]'``: pyarrow,
-grpcio-status, zstandard for the Connect client).
+Runs use it with ``BACKFILL_SPARK_REMOTE=sc://127.0.0.1:PORT`` (which wins over the shared server that
+local runs otherwise start and share on their own: ``resources/shared_spark.py``). The server has the
+same Delta/Spark settings as an embedded session (``local_spark_config``).
 
 Delta's ``DeltaTable`` Python API needs Delta's Connect server plugin, which is not published on
 Maven Central for Delta 4.4 / Spark 4.2, so the project's table helpers (``resources/tables.py``) use
@@ -23,45 +19,9 @@ import time
 from pathlib import Path
 
 from backfill_platform.processes import stop_process_group
+from backfill_platform.resources.shared_spark import SparkServerError, free_port, server_command, warm_up
 from backfill_platform.resources.spark import local_spark_config
 from backfill_platform.settings import Settings
-
-SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
-
-
-class SparkServerError(RuntimeError):
-    """The Spark Connect server did not come up; the message says why and where its log is."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def server_command(settings: Settings, port: int) -> list[str]:
-    import pyspark
-
-    spark_submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
-    config = local_spark_config(settings)
-    config.pop("spark.app.name", None)
-    config.pop("spark.driver.extraJavaOptions", None)  # long-lived: keep the JVM's full JIT and GC
-    config.update(
-        {
-            "spark.connect.grpc.binding.address": "127.0.0.1",
-            "spark.connect.grpc.binding.port": str(port),
-            # idle sessions of finished runs are dropped instead of piling up in the server
-            "spark.connect.session.manager.defaultSessionTimeout": "10m",
-        }
-    )
-    command = [str(spark_submit), "--name", "backfill_platform-connect", "--class", SERVER_CLASS]
-    for key, value in config.items():
-        if key == "spark.jars.packages":
-            command += ["--packages", value]
-        else:
-            command += ["--conf", f"{key}={value}"]
-    command.append("spark-internal")
-    return command
 
 
 class SparkConnectServerProcess:
@@ -73,7 +33,7 @@ class SparkConnectServerProcess:
         if data_dir is not None:
             settings = settings.replace(data_dir=Path(data_dir))
         self.settings = settings
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.log_path = log_path or Path(settings.data_dir) / "spark-connect-server.log"
         self.process: subprocess.Popen | None = None
 
@@ -89,7 +49,7 @@ class SparkConnectServerProcess:
         env.pop("SPARK_HOME", None)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                server_command(self.settings, self.port), stdout=log, stderr=subprocess.STDOUT,
+                server_command(local_spark_config(self.settings), self.port), stdout=log, stderr=subprocess.STDOUT,
                 env=env, start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
@@ -112,25 +72,11 @@ class SparkConnectServerProcess:
         return self
 
     def _warm_up(self) -> None:
-        """One tiny Delta round trip, so the first run does not pay for class loading."""
-        # In a child process: a Connect client switches its whole process (and the environment its
-        # children inherit: SPARK_CONNECT_MODE_ENABLED) to Connect mode.
-        path = str(Path(self.settings.data_dir) / "warmup")
-        code = (
-            "import sys; from backfill_platform.resources.spark_connect import start_remote_session\n"
-            "session = start_remote_session(sys.argv[1])\n"
-            "session.range(2).write.format('delta').mode('overwrite').save(sys.argv[2])\n"
-            "session.sql(f'DESCRIBE HISTORY delta.`{sys.argv[2]}` LIMIT 1').collect()\n"
-        )
-        completed = subprocess.run([sys.executable, "-c", code, self.remote, path],
-                                   capture_output=True, text=True)
-        if completed.returncode != 0:
+        try:
+            warm_up(self.remote, Path(self.settings.data_dir) / "warmup")
+        except SparkServerError as error:
             self.stop()
-            raise SparkServerError(
-                f"The Spark Connect server at {self.remote} did not complete a Delta write: "
-                f"{completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else completed.returncode}; "
-                f"see {self.log_path}."
-            )
+            raise SparkServerError(f"{error}; see {self.log_path}.") from None
 
     def stop(self, timeout_s: float = 30) -> None:
         stop_process_group(self.process, timeout_s)

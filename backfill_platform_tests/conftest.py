@@ -12,6 +12,10 @@ from pathlib import Path
 # Step retries of transient errors wait 60 s, 180 s, 420 s by default: tests (and the daemons and
 # runs they start, which inherit this environment) retry after 0.2 s. Set before the package loads.
 os.environ.setdefault("BACKFILL_STEP_RETRY_DELAY_SECONDS", "0.2")
+# The deployment's default, one shared Spark Connect server per data dir that outlives its runs, would
+# leave a server behind each test: tests (and the processes they start) run an embedded JVM unless they
+# test the shared server (test_shared_spark_server.py), which stops the servers it starts.
+os.environ.setdefault("BACKFILL_SPARK_SERVER", "embedded")
 
 import dagster as dg  # noqa: E402
 import pytest

@@ -1,5 +1,6 @@
 """The benchmark's quick mode as a smoke test: it runs end to end through a real instance, daemon and
-run queue (per-date, per-date-fast on a warm Spark Connect server, chunked) and writes results.json.
+run queue (per-date and chunked on the shared Spark server, chunked-embedded with a JVM per run) and
+writes results.json.
 
 No timing is asserted (speed targets are measured by `make bench`, see docs/benchmark.md): only that
 the JSON has the documented structure and every scenario materialized exactly its partitions, with
@@ -24,7 +25,7 @@ SCENARIO_FIELDS = {
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # 8 runs (4 JVM starts) + a Spark Connect server; minutes on a busy machine
+@pytest.mark.timeout(1800)  # 6 runs (1 with its own JVM) + 2 shared Spark servers; minutes on a busy machine
 def test_quick_benchmark_materializes_every_scenario(tmp_path):
     out = tmp_path / "bench"
     process = subprocess.Popen(
@@ -34,7 +35,7 @@ def test_quick_benchmark_materializes_every_scenario(tmp_path):
     try:
         stdout, stderr = process.communicate(timeout=1700)
     finally:
-        if process.poll() is None:  # SIGTERM: the benchmark stops its daemon and Spark server
+        if process.poll() is None:  # SIGTERM: the benchmark stops its daemon and Spark servers
             process.terminate()
             process.communicate(timeout=120)
     completed = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
@@ -43,7 +44,7 @@ def test_quick_benchmark_materializes_every_scenario(tmp_path):
 
     assert results["mode"] == "quick"
     scenarios = results["scenarios"]
-    assert {s["scenario"] for s in scenarios} == {"per-date", "per-date-fast", "chunked"}
+    assert {s["scenario"] for s in scenarios} == {"per-date", "chunked", "chunked-embedded"}
     first_dates = [str(key) for key in BUSINESS_DAYS.between("2024-01-01", "2024-01-31")][:3]
     for scenario in scenarios:
         assert SCENARIO_FIELDS <= set(scenario), scenario
@@ -70,5 +71,7 @@ def test_quick_benchmark_materializes_every_scenario(tmp_path):
     assert floor["rows"] == 30 and floor["commits"] == 1 and floor["wall_s"] > 0, floor
     assert results["ratio_over_floor_full_range"] > 0
     assert results["plan_2500_dates_s"] > 0 and "2016-01-01" in results["plan_2500_dates"]["first_line"]
+    assert set(results["shared_server_start_s"]) == {"10", "100"}  # one per data dir, all stopped at the end
+    assert not list(tmp_path.glob("bench/.work/data-*/spark-connect/server.json"))
     assert (out / "results.png").stat().st_size > 0
     assert "ratio_per_date_over_chunked" in completed.stdout  # the printed table + summary

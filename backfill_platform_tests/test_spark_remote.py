@@ -216,8 +216,11 @@ def test_a_killed_run_s_write_on_a_spark_connect_server_is_stopped_before_its_fa
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_a_daemon_run_on_spark_connect_whose_worker_dies_leaves_nothing_running_there(spark, settings, tmp_path):
-    """End to end: the daemon launches a run of destination_data on a Spark Connect server; its Delta
+@pytest.mark.parametrize("server_kind", ["BACKFILL_SPARK_REMOTE", "shared"])
+def test_a_daemon_run_on_spark_connect_whose_worker_dies_leaves_nothing_running_there(
+        spark, settings, tmp_path, server_kind):
+    """End to end: the daemon launches a run of destination_data on a Spark Connect server (one the test
+    runs and names in BACKFILL_SPARK_REMOTE, or the shared server the run starts, the default); its Delta
     write is slow (test fault ``slow``: 8 s per row). The run worker is SIGKILLed mid-write; the code
     server that launched it records the run FAILURE, which first interrupts the run's session on the
     server. No write of the date commits afterwards (uninterrupted, it would commit 8-40 s later), and
@@ -233,6 +236,7 @@ def test_a_daemon_run_on_spark_connect_whose_worker_dies_leaves_nothing_running_
     from backfill_platform.definitions import build_defs
     from backfill_platform.processes import DaemonProcess
     from backfill_platform.resources import local_resources
+    from backfill_platform.resources.shared_spark import shared_server_dir, shared_server_state, stop_shared_server
     from backfill_platform.spark_server import SparkConnectServerProcess
 
     from . import fault_location
@@ -249,10 +253,15 @@ def test_a_daemon_run_on_spark_connect_whose_worker_dies_leaves_nothing_running_
     seed_source(resources, instance, first_day="2024-03-04", last_day="2024-03-06", rows_per_date=5)
     log = resources["tables"].destination.path + "/_delta_log"
     state_dir = tmp_path / "faults"
-    with SparkConnectServerProcess(settings, data_dir=tmp_path / "server") as server:
+    with contextlib.ExitStack() as servers:
         faults = {fault_location.FAULTS_VAR: f"{day}=slow:8", fault_location.FAULT_STATE_DIR_VAR: str(state_dir)}
-        env = subprocess_env(settings, home, BACKFILL_SPARK_REMOTE=server.remote, **faults)
-        daemon = DaemonProcess(home, env=env, log_path=ARTIFACTS / "spark_connect_kill_daemon.log",
+        if server_kind == "shared":
+            servers.callback(stop_shared_server, shared_server_dir(settings))
+            env = subprocess_env(settings, home, BACKFILL_SPARK_SERVER="shared", **faults)
+        else:
+            server = servers.enter_context(SparkConnectServerProcess(settings, data_dir=tmp_path / "server"))
+            env = subprocess_env(settings, home, BACKFILL_SPARK_REMOTE=server.remote, **faults)
+        daemon = DaemonProcess(home, env=env, log_path=ARTIFACTS / f"spark_connect_kill_daemon_{server_kind}.log",
                                workspace=fault_location.workspace_yaml(tmp_path))
         daemon.start()
         try:
@@ -264,7 +273,9 @@ def test_a_daemon_run_on_spark_connect_whose_worker_dies_leaves_nothing_running_
                 time.sleep(0.5)
             [record] = instance.get_run_records(dg.RunsFilter(tags={tags.BACKFILL: backfill_id}))
             run_id = record.dagster_run.run_id
-            assert instance.get_run_by_id(run_id).tags[tags.SPARK_REMOTE] == server.remote
+            remote = (f"sc://127.0.0.1:{shared_server_state(shared_server_dir(settings))['port']}"
+                      if server_kind == "shared" else server.remote)
+            assert instance.get_run_by_id(run_id).tags[tags.SPARK_REMOTE] == remote
             commits_before = sorted(os.listdir(log))
             [worker] = [int(event.message.split("pid: ")[1].split(")")[0]) for event in
                         instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)

@@ -49,6 +49,7 @@ PER_DATE_DATES = 60
 FLOOR_CHUNK = {False: 240, True: 3}  # the floor's commits (full, --quick), as issue 13 defines it
 # BACKFILL_MAX_PARTITIONS_PER_RUN's default (500): a full run also measures the floor in these commits
 DEFAULT_CHUNK = Settings().max_partitions_per_run
+EMBEDDED = {"BACKFILL_SPARK_SERVER": "embedded"}
 
 
 @dataclasses.dataclass
@@ -66,39 +67,36 @@ class Scenario:
         return f"{self.scenario}-{len(self.keys)}d-{self.rows_per_date}r-c{self.chunk_size}"
 
 
-def plan(quick: bool, fast_remote: str | None) -> list[Scenario]:
+def plan(quick: bool) -> list[Scenario]:
+    """The scenarios; each runs on the default deployment (the data dir's shared Spark server) unless its
+    env says otherwise (``chunked-embedded``: a JVM per run, the default before 2 Dec 2026)."""
     from backfill_platform.partitions import BusinessDays
     from backfill_platform.settings import CalendarSettings
 
     full = [str(key) for key in BusinessDays.from_settings(CalendarSettings()).between(RANGE_FIRST, RANGE_LAST)]
     if quick:
         few = full[:3]
-        scenarios = [
+        return [
             Scenario("chunked", few, 10, 3),
             Scenario("chunked", few, 100, 3),
+            Scenario("chunked-embedded", few, 10, 3, EMBEDDED),
+            Scenario("per-date", few[:3], 10, 1),
         ]
-        if fast_remote:
-            scenarios.append(Scenario("per-date-fast", few[:3], 10, 1, {"BACKFILL_SPARK_REMOTE": fast_remote}))
-        scenarios.append(Scenario("per-date", few[:3], 10, 1))
-        return scenarios
     first = full[:PER_DATE_DATES]
     # Cheapest first, the long per-date baseline last: results.json is rewritten after every scenario.
-    scenarios = [
+    return [
         Scenario("chunked", first, 10, 60),
         Scenario("chunked", first, 10, 30),
         Scenario("chunked", full, 10, 240),
         Scenario("chunked-clustered", full, 10, 240, {"BACKFILL_TABLE_LAYOUT": "clustered"}),
         Scenario("chunked", full, 10, DEFAULT_CHUNK),  # the default: one run for the whole range
+        Scenario("chunked-embedded", full, 10, DEFAULT_CHUNK, EMBEDDED),  # the same with a JVM in the run
         Scenario("chunked", full, 10, 60),  # the default before issue 13
         Scenario("chunked", full, 1_000, 240),
         Scenario("chunked", full, 10_000, 240),
         Scenario("chunked", full, 10_000, DEFAULT_CHUNK),
+        Scenario("per-date", first, 10, 1),
     ]
-    if fast_remote:  # what a warm JVM shared by runs gives (opt-in: docs/cluster.md says why)
-        scenarios.append(Scenario("chunked-fast", full, 10, DEFAULT_CHUNK, {"BACKFILL_SPARK_REMOTE": fast_remote}))
-        scenarios.append(Scenario("per-date-fast", first, 10, 1, {"BACKFILL_SPARK_REMOTE": fast_remote}))
-    scenarios.append(Scenario("per-date", first, 10, 1))
-    return scenarios
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,7 +212,8 @@ def run_scenario(scenario: Scenario, work: Path, data_dir: Path, timeout_s: floa
         "BACKFILL_DESTINATION_TABLE": destination_table,
         "BACKFILL_MAX_PARTITIONS_PER_RUN": str(scenario.chunk_size),
         "PYTHONUNBUFFERED": "1",
-        "BACKFILL_SPARK_REMOTE": "",  # only per-date-fast uses the warm server (empty = unset)
+        "BACKFILL_SPARK_REMOTE": "",  # empty = unset
+        "BACKFILL_SPARK_SERVER": "shared",  # the default deployment, unless the scenario says otherwise
         **scenario.env,
     }
     os.environ.update(env)  # the launch below builds the asset graph from the same settings
@@ -289,6 +288,19 @@ def run_scenario(scenario: Scenario, work: Path, data_dir: Path, timeout_s: floa
 
 # --------------------------------------------------------------------------------------------------
 # definitions load, sensor tick hook, output
+
+
+def start_shared_server(data_dir: Path) -> float:
+    """Start ``data_dir``'s shared Spark server with the Spark settings its runs will have, and let go
+    of it (it then waits for them); seconds it took."""
+    from backfill_platform.resources.shared_spark import acquire_shared_server, shared_server_dir
+    from backfill_platform.resources.spark import local_spark_config
+
+    settings = Settings.from_env({**os.environ, "BACKFILL_DATA_DIR": str(data_dir)})
+    started = time.monotonic()
+    acquire_shared_server(shared_server_dir(settings), local_spark_config(settings),
+                          settings.spark.server_idle_seconds).release()
+    return round(time.monotonic() - started, 1)
 
 
 def measure_definitions_load() -> dict[str, float]:
@@ -366,7 +378,7 @@ def plot(results: list[dict], path: Path, floor: dict | None = None) -> bool:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     labels = [f"{r['scenario']}\n{r['partitions']}d c{r['chunk_size']} {r['rows_per_date']}r" for r in results]
     left.bar(range(len(results)), [r["wall_s"] for r in results],
-             color=["tab:red" if r["scenario"] == "per-date" else "tab:orange" if r["scenario"] == "per-date-fast"
+             color=["tab:red" if r["scenario"] == "per-date" else "tab:orange" if r["scenario"] == "chunked-embedded"
                     else "tab:blue" for r in results])
     left.set_xticks(range(len(results)), labels, fontsize=7)
     left.set_ylabel("wall time, launch to last partition materialized (s)")
@@ -439,13 +451,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench", help="where results.json/png go")
     parser.add_argument("--work", type=Path, default=None, help="scratch dir (default <out>/.work)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these scenario names")
-    parser.add_argument("--no-fast", action="store_true", help="skip per-date-fast (no Spark Connect server)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per scenario")
     parser.add_argument("--budget-minutes", type=float, default=None,
                         help="stop the whole benchmark after this long: the running scenario is cut "
                              "(its partial figures kept and marked) and later ones are skipped")
     args = parser.parse_args(argv)
-    # SIGTERM (a CI timeout) runs the finally blocks that stop the daemon and the Spark server.
+    # SIGTERM (a CI timeout) runs the finally blocks that stop the daemon and the Spark servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     work = args.work or args.out / ".work"
@@ -455,52 +466,41 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DAGSTER_HOME", str(work))  # replaced per scenario
 
-    from backfill_platform import spark_server
-
     total_started = time.monotonic()
-    server = None
-    fast_remote = None
-    if not args.no_fast:
-        server = spark_server.SparkConnectServerProcess(data_dir=work / "data-spark-server",
-                                                       log_path=work / "logs" / "spark-connect-server.log")
-    scenarios = plan(args.quick, "pending" if server else None)
+    scenarios = plan(args.quick)
     if args.only:
         scenarios = [s for s in scenarios if s.scenario in args.only]
     last_day = max(key for s in scenarios for key in s.keys)
     print(f"Seeding sources for {sorted({s.rows_per_date for s in scenarios})} rows/date (not timed) ...",
           flush=True)
     data_dirs = seed_sources(work, sorted({s.rows_per_date for s in scenarios}), last_day)
-
-    definitions_load = measure_definitions_load()
-    print(f"definitions load: {definitions_load}", flush=True)
-    # The machine's floor (bare Spark, bench/floor.py), measured in this invocation beside the scenarios.
-    full_dates = max((s.keys for s in scenarios), key=len)
-    layouts = ("partitioned",) if args.quick else ("partitioned", "clustered")
-    floor = floor_figures({rows: data_dirs[rows] for rows in data_dirs if rows in (10, 10_000)}, full_dates,
-                          FLOOR_CHUNK[args.quick], work, layouts)
-    if not args.quick:
-        floor_figures({rows: data_dirs[rows] for rows in data_dirs if rows in (10, 10_000)}, full_dates, DEFAULT_CHUNK,
-                      work, ("partitioned",), suffix=chunk_suffix(DEFAULT_CHUNK), figures=floor)
-    plan_figures = measure_plan(work)
-    extra = {"plan_2500_dates": plan_figures, "plan_2500_dates_s": plan_figures["median_s"]}
-    if not args.quick:
-        extra["table_size_cost"] = measure_table_size_cost(work)
-        extra["table_size_cost_ratio"] = extra["table_size_cost"]["ratio"]
-        extra["ui_launch"] = measure_ui_launch_overhead(work, data_dirs[10], full_dates)
-        extra["ui_launch_overhead_s"] = extra["ui_launch"].get("overhead_s")
-        extra["repair_one_date_s"] = (extra["ui_launch"].get("repair_one_date") or {}).get("queued_to_success_s")
-        print(f"  ui launch: {extra['ui_launch']}", flush=True)
     results: list[dict] = []
     try:
+        # the shared Spark server of each data dir, as the first run of a day starts it (timed apart)
+        extra: dict = {"shared_server_start_s": {rows: start_shared_server(data_dir)
+                                                 for rows, data_dir in data_dirs.items()}}
+        print(f"  shared Spark servers started in {extra['shared_server_start_s']} s (not in the scenarios)",
+              flush=True)
+        definitions_load = measure_definitions_load()
+        print(f"definitions load: {definitions_load}", flush=True)
+        # The machine's floor (bare Spark, bench/floor.py), measured in this invocation beside the scenarios.
+        full_dates = max((s.keys for s in scenarios), key=len)
+        layouts = ("partitioned",) if args.quick else ("partitioned", "clustered")
+        floor = floor_figures({rows: data_dirs[rows] for rows in data_dirs if rows in (10, 10_000)}, full_dates,
+                              FLOOR_CHUNK[args.quick], work, layouts)
+        if not args.quick:
+            floor_figures({rows: data_dirs[rows] for rows in data_dirs if rows in (10, 10_000)}, full_dates,
+                          DEFAULT_CHUNK, work, ("partitioned",), suffix=chunk_suffix(DEFAULT_CHUNK), figures=floor)
+        plan_figures = measure_plan(work)
+        extra.update({"plan_2500_dates": plan_figures, "plan_2500_dates_s": plan_figures["median_s"]})
+        if not args.quick:
+            extra["table_size_cost"] = measure_table_size_cost(work)
+            extra["table_size_cost_ratio"] = extra["table_size_cost"]["ratio"]
+            extra["ui_launch"] = measure_ui_launch_overhead(work, data_dirs[10], full_dates)
+            extra["ui_launch_overhead_s"] = extra["ui_launch"].get("overhead_s")
+            extra["repair_one_date_s"] = (extra["ui_launch"].get("repair_one_date") or {}).get("queued_to_success_s")
+            print(f"  ui launch: {extra['ui_launch']}", flush=True)
         for scenario in scenarios:
-            if "BACKFILL_SPARK_REMOTE" in scenario.env:
-                if fast_remote is None:
-                    started = time.monotonic()
-                    server.start()
-                    fast_remote = server.remote
-                    print(f"  Spark Connect server up at {fast_remote} in {time.monotonic() - started:.1f} s "
-                          "(started once, not timed)", flush=True)
-                scenario.env["BACKFILL_SPARK_REMOTE"] = fast_remote
             timeout = args.timeout
             if args.budget_minutes is not None:
                 timeout = min(timeout, total_started + args.budget_minutes * 60 - time.monotonic())
@@ -516,8 +516,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
             write_summary(args, results, definitions_load, None, total_started, floor, extra)
     finally:
-        if server is not None:
-            server.stop()
+        from backfill_platform.resources.shared_spark import shared_server_dir, stop_shared_server
+
+        for data_dir in data_dirs.values():
+            stop_shared_server(shared_server_dir(Settings(data_dir=data_dir)))
 
     summary = write_summary(args, results, definitions_load, measure_rerun_sensor_tick(work, args.quick), total_started,
                             floor, extra)

@@ -76,7 +76,8 @@ def measure_ui_launch_overhead(work: Path, data_dir: Path, keys: list[str], time
     home.mkdir(parents=True)
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, "DAGSTER_HOME": str(home), "BACKFILL_DATA_DIR": str(data_dir),
-           "BACKFILL_DESTINATION_TABLE": "dest_ui_launch", "BACKFILL_SPARK_REMOTE": "", "PYTHONUNBUFFERED": "1"}
+           "BACKFILL_DESTINATION_TABLE": "dest_ui_launch", "BACKFILL_SPARK_REMOTE": "",
+           "BACKFILL_SPARK_SERVER": "shared", "PYTHONUNBUFFERED": "1"}
     processes.initialize_instance_storage(home)  # before two processes (webserver, daemon) open it at once
     port = _free_port()
     log = open(work / "logs" / "ui-launch-webserver.log", "wb")
@@ -137,7 +138,7 @@ def _repair_one_date(port: int, instance, day: str, timeout_s: float) -> dict:
     """``repair_one_date_s``: one date materialized again as the UI's Materialize of one partition (or
     a rerun request) does it: a run of destination_data_job submitted to the queue, timed from the run's
     creation (queued) to its SUCCESS as the instance records them, with the default deployment
-    (embedded Spark: a process and a JVM per run) and the daemon already warm."""
+    (a process per run, on the data dir's shared Spark server) and the daemon already warm."""
     import dagster as dg
 
     answer = _graphql(port, LAUNCH_RUN, {"params": {

@@ -4,7 +4,8 @@
 - ``plan`` / ``status`` (reports.py): a dry run of a backfill, and coverage and retry analytics;
 - ``restore`` (restore.py): roll the table back with Delta RESTORE;
 - ``repair`` (repair.py): re-execute failed runs from failure (a backfill's, or a date range's);
-- ``spark-server``: a warm local Spark Connect server that local runs share;
+- ``spark-server``: a warm local Spark Connect server in the foreground, or ``--status`` / ``--stop`` of
+  the shared one local runs start (``spark_server.py``);
 - ``dev`` (dev.py): the Dagster UI with the instance's one daemon (``make dev``).
 
 Exit codes (common.py): 0 ok, 1 some partitions failed, 2 bad input or configuration, 3 nothing to
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 
@@ -25,9 +27,25 @@ from backfill_platform.settings import SettingsError
 
 
 def cmd_spark_server(context: CommandContext, args: argparse.Namespace) -> int:
-    from backfill_platform.spark_server import serve  # pyspark: only for this command
+    from backfill_platform import spark_server  # pyspark: only for this command
+    from backfill_platform.resources import shared_spark
 
-    return serve(args.port, settings=context.settings, say=say)
+    state_dir = shared_spark.shared_server_dir(context.settings)
+    if args.stop:
+        stopped = shared_spark.stop_shared_server(state_dir)
+        say(f"Stopped the shared Spark server of {state_dir}." if stopped
+            else f"No shared Spark server runs for {state_dir}.")
+        return 0
+    if args.status:
+        state = shared_spark.shared_server_state(state_dir)
+        if state is None:
+            say(f"No shared Spark server runs for {state_dir}; the next local run starts one.")
+        else:
+            say(f"The shared Spark server runs on sc://127.0.0.1:{state['port']} (process group {state['pgid']}, "
+                f"up {time.time() - state['started_at']:.0f} s; stops after {state['idle_s']:.0f} s with no run; "
+                f"log {state_dir / 'server.log'}).")
+        return 0
+    return spark_server.serve(args.port, settings=context.settings, say=say)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,9 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     repair.add_command(commands)
     server = commands.add_parser(
         "spark-server",
-        help="run a warm local Spark Connect server that local runs share (BACKFILL_SPARK_REMOTE)",
+        help="run a warm local Spark Connect server in the foreground (BACKFILL_SPARK_REMOTE), or show "
+             "or stop the shared one that local runs start on their own (BACKFILL_SPARK_SERVER=shared)",
     )
     server.add_argument("--port", type=int, default=15002)
+    action = server.add_mutually_exclusive_group()
+    action.add_argument("--status", action="store_true", help="show the shared server of BACKFILL_DATA_DIR")
+    action.add_argument("--stop", action="store_true", help="stop it (runs attached to it fail and are retried)")
     server.set_defaults(handler=cmd_spark_server)
     reports.add_commands(commands)
     dev.add_command(commands)

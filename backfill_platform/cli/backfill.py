@@ -167,10 +167,22 @@ def cmd_backfill(context: CommandContext, args: argparse.Namespace) -> int:
     say(f"  runs:                 {len(backfills.backfill_runs(instance, backfill_id))}")
     say(f"  wall time:            {wall:.1f} s")
     say(f"  table:                {context.defs.resources['tables'].destination}")
+    say_shared_spark_server(context.settings)
     if failed or progress.status != "COMPLETED_SUCCESS":
         say("Some partitions did not land: see the failed runs in the UI (make dev) for their errors.")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def say_shared_spark_server(settings) -> None:
+    """Where the runs' Spark is, when it outlives them (BACKFILL_SPARK_SERVER=shared)."""
+    if settings.deployment != "local" or settings.spark.server != "shared" or settings.spark.remote:
+        return
+    from backfill_platform.resources.shared_spark import shared_server_dir, shared_server_state
+
+    if state := shared_server_state(shared_server_dir(settings)):
+        say(f"  spark:                shared server sc://127.0.0.1:{state['port']}, stays up "
+            f"{state['idle_s'] / 60:.0f} min after its last run (`backfill-platform spark-server --stop`)")
 
 
 def run_chunked_backfill(instance, plan, args, run_tags, run_config, started) -> int:

@@ -139,16 +139,47 @@ class DeltaSparkResource(LazyPySparkResource):
     Delta's jars, clear start-up errors, and an optional Spark Connect server instead of a JVM."""
 
     log_level: str = "ERROR"
-    # sc://host:port of a warm Spark Connect server (``backfill-platform spark-server``); empty: start
-    # an embedded JVM in this process.
+    # sc://host:port of a warm Spark Connect server (``backfill-platform spark-server``); empty: the
+    # shared server below, else an embedded JVM in this process.
     remote: str = ""
+    # the data dir's shared server (spark_server.py): its state folder, and how long it outlives its
+    # last run; empty: an embedded JVM
+    shared_server_dir: str = ""
+    shared_server_idle_seconds: float = 900.0
 
     _run: Any = PrivateAttr(default=None)
     _instance: Any = PrivateAttr(default=None)
+    _log: Any = PrivateAttr(default=None)
+    _shared: Any = PrivateAttr(default=None)
 
     def setup_for_execution(self, context) -> None:
         refuse_resource_overrides(context.dagster_run)  # before any session can start
-        self._run, self._instance = context.dagster_run, context.instance
+        self._run, self._instance, self._log = context.dagster_run, context.instance, context.log
+
+    def teardown_after_execution(self, context) -> None:
+        if self._shared is not None:  # the shared server may stop once no run holds it
+            self._shared.release()
+            self._shared = None
+
+    def _shared_remote(self) -> str:
+        """The shared server's URL (started if needed), or "" to fall back to an embedded JVM."""
+        if self.remote or not self.shared_server_dir:
+            return self.remote
+        from backfill_platform.resources.shared_spark import SparkServerError, acquire_shared_server
+
+        try:
+            self._shared = acquire_shared_server(Path(self.shared_server_dir), self.spark_config,
+                                                 self.shared_server_idle_seconds)
+        except Exception as error:  # whatever went wrong, the run still has Spark: its own JVM
+            if self._log is not None:
+                reason = str(error) if isinstance(error, SparkServerError) else f"{type(error).__name__}: {error}"
+                self._log.warning(f"Starting an embedded Spark instead of the shared Spark server: {reason}.")
+            return ""
+        if self._log is not None:
+            verb = "Started" if self._shared.started else "Using"
+            self._log.info(f"{verb} the shared Spark server {self._shared.remote} (pid "
+                           f"{self._shared.state['pgid']}, log {self.shared_server_dir}/server.log).")
+        return self._shared.remote
 
     @property
     def started_session(self) -> Any:
@@ -159,13 +190,13 @@ class DeltaSparkResource(LazyPySparkResource):
         # LazyPySparkResource's hook: called on the first read of spark_session / spark_context.
         if self._spark_session is None:
             in_run = self._run is not None and self._instance is not None
-            if self.remote:
+            if remote := self._shared_remote():
                 session_id = run_session_id(self._run.run_id) if in_run else None
                 if session_id:
                     # before the session can run anything: a failed run's end interrupts its session
                     # (resources/spark_connect.py)
-                    self._instance.add_run_tags(self._run.run_id, {tags.SPARK_REMOTE: server_address(self.remote)})
-                self._spark_session = start_remote_session(self.remote, session_id)
+                    self._instance.add_run_tags(self._run.run_id, {tags.SPARK_REMOTE: server_address(remote)})
+                self._spark_session = start_remote_session(remote, session_id)
             else:
                 if in_run and self._run.tags.get(tags.SPARK_REMOTE):
                     # a run retry inherits its parent's tags: this run is not on that server

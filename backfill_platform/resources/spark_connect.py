@@ -1,7 +1,8 @@
 """The Spark Connect client side: a run's session on a warm server, and stopping what it left running.
 
-With ``BACKFILL_SPARK_REMOTE=sc://HOST:PORT`` a run opens a thin client session on a shared Spark
-Connect server (``spark_server.py``) instead of starting a JVM. The server runs an operation to its end
+On the data dir's shared server (``BACKFILL_SPARK_SERVER=shared``, the default) or the one that
+``BACKFILL_SPARK_REMOTE=sc://HOST:PORT`` names, a run opens a thin client session on a Spark Connect
+server (``spark_server.py``) instead of starting a JVM. The server runs an operation to its end
 even when its client died: a run worker SIGKILLed mid-write (the OOM killer, a lost host) would still
 commit its Delta write after Dagster recorded the run FAILED, and a rerun of its dates could then race
 with it. So:
@@ -64,7 +65,7 @@ def start_remote_session(remote: str, session_id: str | None = None):
     except ImportError as error:
         raise SparkStartError(
             f"BACKFILL_SPARK_REMOTE={remote} needs the Spark Connect client libraries ({error}). "
-            "Install them with: pip install -e '.[fast]' (or unset BACKFILL_SPARK_REMOTE)."
+            "Install them with: pip install -e . (they are dependencies: pyspark[connect])."
         ) from error
     _check_reachable(remote)
     try:

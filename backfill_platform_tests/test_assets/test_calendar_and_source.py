@@ -76,6 +76,7 @@ def test_a_second_holiday_calendar_and_extra_closures_reach_the_table_and_the_pa
     and a closure is an 'H' day with its name in ``holiday_name``."""
     settings = Settings.from_env({
         "BACKFILL_DATA_DIR": str(tmp_path / "data"),
+        "BACKFILL_SPARK_SERVER": "embedded",  # this pytest process's JVM (conftest)
         "BACKFILL_HOLIDAY_CALENDAR": EXCHANGE_CALENDAR,
         "BACKFILL_EXTRA_CLOSURES": "2025-01-09=National Day of Mourning,2024-10-15=Hurricane",
     })

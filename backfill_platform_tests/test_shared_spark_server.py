@@ -1,0 +1,160 @@
+"""BACKFILL_SPARK_SERVER=shared, the local deployment's default: one warm Spark Connect server per data
+dir, started by the first run that needs Spark, shared by later runs in any process, stopped after its
+idle time, replaced when it died, and an embedded JVM when it cannot be used (shared_spark.py).
+
+Runs go through real ``dagster asset materialize`` processes on a real instance; every server a test
+starts is stopped by that test (``stop_shared_server`` in a ``finally``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from backfill_platform import tags
+from backfill_platform.resources import local_resources, shared_spark
+from backfill_platform.settings import PROJECT_ROOT, Settings
+
+from .conftest import make_dagster_home, subprocess_env
+from .helpers import rows_per_date, seed_source
+
+pytestmark = pytest.mark.slow  # each test starts a Spark Connect server
+
+
+def _materialize(env: dict[str, str], day: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "backfill_platform.definitions",
+         "--select", "destination_data", "--partition", day],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def _run_of(instance: dg.DagsterInstance, day: str) -> tuple[dg.DagsterRun, list[str]]:
+    (record,) = instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": day}))
+    messages = [entry.user_message for entry in instance.all_logs(record.dagster_run.run_id)]
+    return record.dagster_run, messages
+
+
+@pytest.fixture
+def deployment(tmp_path, spark):
+    """A local deployment whose source is seeded (by this process's embedded JVM), its environment for
+    Dagster processes with the default BACKFILL_SPARK_SERVER=shared, and its shared server's folder."""
+    settings = Settings(data_dir=tmp_path / "data")
+    resources = local_resources(settings)
+    seed_source(resources, first_day="2024-01-02", last_day="2024-01-10", rows_per_date=3)
+    home = make_dagster_home(tmp_path / "home")
+    env = subprocess_env(settings, home, BACKFILL_SPARK_SERVER="shared")
+    state_dir = shared_spark.shared_server_dir(settings)
+    try:
+        yield env, state_dir, home, resources
+    finally:
+        shared_spark.stop_shared_server(state_dir)
+
+
+def test_local_runs_share_one_server_that_the_first_run_starts_and_a_dead_one_is_replaced(deployment, spark):
+    env, state_dir, home, resources = deployment
+    assert Settings.from_env({}).spark.server == "shared"  # the deployment's default
+    first = _materialize(env, "2024-01-02")
+    assert first.returncode == 0, first.stderr[-3000:]
+    state = shared_spark.shared_server_state(state_dir)
+    assert state is not None, "the first run's server stopped with the run"
+    second = _materialize(env, "2024-01-03")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert shared_spark.shared_server_state(state_dir)["pgid"] == state["pgid"]
+
+    remote = f"sc://127.0.0.1:{state['port']}"
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        run, messages = _run_of(instance, "2024-01-02")
+        assert run.tags[tags.SPARK_REMOTE] == remote
+        assert any(m.startswith(f"Started the shared Spark server {remote}") for m in messages), messages
+        run, messages = _run_of(instance, "2024-01-03")
+        assert run.tags[tags.SPARK_REMOTE] == remote
+        assert any(m.startswith(f"Using the shared Spark server {remote}") for m in messages), messages
+
+    os.killpg(state["pgid"], signal.SIGKILL)  # the server dies between runs (OOM killer, a reboot)
+    third = _materialize(env, "2024-01-04")
+    assert third.returncode == 0, third.stderr[-3000:]
+    replaced = shared_spark.shared_server_state(state_dir)
+    assert replaced is not None and replaced["pgid"] != state["pgid"]
+    assert rows_per_date(spark, resources["tables"].destination) == {
+        "2024-01-02": 3, "2024-01-03": 3, "2024-01-04": 3}
+
+    cli = [str(Path(sys.executable).with_name("backfill-platform")), "spark-server"]
+    status = subprocess.run([*cli, "--status"], env=env, capture_output=True, text=True, timeout=120)
+    assert f"runs on sc://127.0.0.1:{replaced['port']}" in status.stdout, status.stdout + status.stderr
+    stop = subprocess.run([*cli, "--stop"], env=env, capture_output=True, text=True, timeout=120)
+    assert stop.stdout.startswith("Stopped the shared Spark server"), stop.stdout + stop.stderr
+    assert shared_spark.shared_server_state(state_dir) is None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(replaced["pgid"], 0)
+
+
+def test_the_shared_server_waits_for_its_runs_then_stops_after_its_idle_time(tmp_path):
+    """Held by runs (threads here, each with its own lock, as run processes have), the server stays up
+    past its idle time; started once though three runs asked for it at the same moment; gone, with its
+    process group, a few seconds after the last run let go."""
+    settings = Settings(data_dir=tmp_path / "data")
+    config = local_resources(settings)["pyspark"].spark_config
+    state_dir = shared_spark.shared_server_dir(settings)
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            holds = list(pool.map(lambda _: shared_spark.acquire_shared_server(state_dir, config, idle_s=3), range(3)))
+        assert sorted(hold.started for hold in holds) == [False, False, True]
+        assert len({hold.remote for hold in holds}) == 1
+        pgid = holds[0].state["pgid"]
+        time.sleep(8)
+        assert shared_spark.shared_server_state(state_dir) is not None, "stopped while runs held it"
+        for hold in holds[:2]:
+            hold.release()
+        time.sleep(6)
+        assert shared_spark.shared_server_state(state_dir) is not None, "stopped while one run held it"
+        holds[2].release()
+        deadline = time.monotonic() + 30
+        while shared_spark.shared_server_state(state_dir) is not None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        stopped_after = time.monotonic() - deadline + 30
+        assert shared_spark.shared_server_state(state_dir) is None
+        assert stopped_after >= 2.5, f"stopped {stopped_after:.1f} s after the last release: idle time not kept"
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the server's process group outlived its state")
+        assert "idle for 3 s: stopping" in (state_dir / "server.log").read_text()
+    finally:
+        shared_spark.stop_shared_server(state_dir)
+
+
+@pytest.mark.parametrize("case", ["start_fails", "other_settings"])
+def test_a_run_that_cannot_use_the_shared_server_runs_on_an_embedded_jvm_and_says_why(deployment, spark, case):
+    env, state_dir, home, resources = deployment
+    hold = None
+    if case == "start_fails":  # a setting only the Connect server reads, which stops it at start
+        env = {**env, "BACKFILL_SPARK_CONF": "spark.connect.grpc.maxInboundMessageSize=-1"}
+        reason = "the shared Spark server stopped while starting (the Spark Connect server exited with code "
+    else:  # the running server was started with other Spark settings
+        config = local_resources(Settings(data_dir=Path(env["BACKFILL_DATA_DIR"])))["pyspark"].spark_config
+        hold = shared_spark.acquire_shared_server(state_dir, {**config, "spark.sql.shuffle.partitions": "3"}, 600)
+        reason = "was started with other Spark settings (stop it with `backfill-platform spark-server --stop`"
+    try:
+        completed = _materialize(env, "2024-01-05")
+        assert completed.returncode == 0, completed.stderr[-3000:]
+    finally:
+        if hold is not None:
+            hold.release()
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        run, messages = _run_of(instance, "2024-01-05")
+    assert tags.SPARK_REMOTE not in run.tags
+    warnings = [m for m in messages if m.startswith("Starting an embedded Spark instead of the shared Spark server")]
+    assert len(warnings) == 1 and reason in warnings[0], messages
+    assert rows_per_date(spark, resources["tables"].destination) == {"2024-01-05": 3}
