@@ -8,6 +8,7 @@ starts is stopped by that test (``stop_shared_server`` in a ``finally``)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,3 +159,28 @@ def test_a_run_that_cannot_use_the_shared_server_runs_on_an_embedded_jvm_and_say
     warnings = [m for m in messages if m.startswith("Starting an embedded Spark instead of the shared Spark server")]
     assert len(warnings) == 1 and reason in warnings[0], messages
     assert rows_per_date(spark, resources["tables"].destination) == {"2024-01-05": 3}
+
+
+def test_the_first_run_on_a_fresh_jar_cache_starts_the_server_and_the_next_run_shares_it(deployment, tmp_path):
+    """On a fresh machine Delta's jars are given to Spark as Maven coordinates until the cache is marked
+    complete, and as the cached files after: the server the first run starts resolves them (into the
+    cache, one process at a time), the run marks the cache complete, and the next run, whose settings now
+    name the files, shares that server instead of falling back to its own JVM."""
+    env, state_dir, home, _ = deployment
+    cache = tmp_path / "jar-cache"
+    shutil.copytree(Settings().spark.jar_cache_dir, cache)  # the jars this machine resolved once
+    for marker in cache.glob("*/complete"):
+        marker.unlink()
+    env = {**env, "BACKFILL_JAR_CACHE": str(cache)}
+    first = _materialize(env, "2024-01-08")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert list(cache.glob("*/complete")), "the jar cache was not marked complete"
+    pgid = shared_spark.shared_server_state(state_dir)["pgid"]
+    second = _materialize(env, "2024-01-09")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert shared_spark.shared_server_state(state_dir)["pgid"] == pgid
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        _, messages = _run_of(instance, "2024-01-08")
+        assert any(m.startswith("Started the shared Spark server") for m in messages), messages
+        _, messages = _run_of(instance, "2024-01-09")
+        assert any(m.startswith("Using the shared Spark server") for m in messages), messages

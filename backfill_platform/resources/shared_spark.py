@@ -118,7 +118,14 @@ class SharedServer:
             self._users_lock = None
 
 
-def fingerprint(command: list[str]) -> str:
+# How Delta's jars are given changes once their cache is complete (Maven coordinates, then the cached
+# files: resources/spark.py); the server's jars are the same either way.
+JAR_KEYS = ("spark.jars", "spark.jars.packages", "spark.jars.ivy")
+
+
+def fingerprint(spark_config: dict[str, str]) -> str:
+    """What a run's Spark settings must share with the running server's to use it."""
+    command = server_command({k: v for k, v in spark_config.items() if k not in JAR_KEYS}, 0)
     return hashlib.sha256(json.dumps(command).encode()).hexdigest()[:16]
 
 
@@ -181,7 +188,7 @@ def acquire_shared_server(state_dir: Path, spark_config: dict[str, str], idle_s:
     :class:`SparkServerError` when it cannot start, or when the one running was started with other
     Spark settings (the caller falls back to an embedded JVM)."""
     state_dir = Path(state_dir)
-    command_key = fingerprint(server_command(spark_config, 0))
+    command_key = fingerprint(spark_config)
     with _locked(state_dir / START_LOCK):
         state = _read_state(state_dir)
         started = False
@@ -272,7 +279,7 @@ def supervise(state_dir: Path, port: int, idle_s: float, poll_s: float = 1.0) ->
         except SparkServerError as error:
             print(error, flush=True)
             return 1
-        state = {"pgid": os.getpid(), "port": port, "fingerprint": fingerprint(server_command(spark_config, 0)),
+        state = {"pgid": os.getpid(), "port": port, "fingerprint": fingerprint(spark_config),
                  "started_at": time.time(), "idle_s": idle_s}
         (state_dir / (STATE_FILE + ".tmp")).write_text(json.dumps(state))
         os.replace(state_dir / (STATE_FILE + ".tmp"), state_dir / STATE_FILE)

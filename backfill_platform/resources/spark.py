@@ -168,8 +168,11 @@ class DeltaSparkResource(LazyPySparkResource):
         from backfill_platform.resources.shared_spark import SparkServerError, acquire_shared_server
 
         try:
-            self._shared = acquire_shared_server(Path(self.shared_server_dir), self.spark_config,
-                                                 self.shared_server_idle_seconds)
+            # the server's spark-submit may resolve Delta's jars into the shared Ivy cache: one process at a time
+            with _jar_resolution_lock(self.spark_config):
+                self._shared = acquire_shared_server(Path(self.shared_server_dir), self.spark_config,
+                                                     self.shared_server_idle_seconds)
+            _mark_jar_cache_complete(self.spark_config)
         except Exception as error:  # whatever went wrong, the run still has Spark: its own JVM
             if self._log is not None:
                 reason = str(error) if isinstance(error, SparkServerError) else f"{type(error).__name__}: {error}"
