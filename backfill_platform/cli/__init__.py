@@ -5,7 +5,7 @@
 - ``restore`` (restore.py): roll the table back with Delta RESTORE;
 - ``repair`` (repair.py): re-execute failed runs from failure (a backfill's, or a date range's);
 - ``spark-server``: a warm local Spark Connect server in the foreground, or ``--status`` / ``--stop`` of
-  the shared one local runs start (``spark_server.py``);
+  the shared one local runs start (``resources/shared_spark.py``);
 - ``dev`` (dev.py): the Dagster UI with the instance's one daemon (``make dev``).
 
 Exit codes (common.py): 0 ok, 1 some partitions failed, 2 bad input or configuration, 3 nothing to

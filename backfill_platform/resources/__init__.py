@@ -8,9 +8,9 @@ the run's own process).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from backfill_platform.resources.shared_spark import shared_server_dir
 from backfill_platform.resources.step_launcher import STEP_LAUNCHER_KEY, in_process_step_launcher
 from backfill_platform.resources.tables import DeltaTables
 from backfill_platform.resources.write_hooks import WRITE_HOOKS_KEY, WriteHooks
@@ -25,7 +25,7 @@ def local_resources(settings: Settings) -> dict[str, Any]:
     return {
         "pyspark": DeltaSparkResource(
             spark_config=local_spark_config(settings), remote=settings.spark.remote,
-            shared_server_dir=str(Path(settings.data_dir) / "spark-connect") if shared else "",  # spark_server.py
+            shared_server_dir=str(shared_server_dir(settings)) if shared else "",
             shared_server_idle_seconds=settings.spark.server_idle_seconds,
         ),
         "tables": DeltaTables.from_settings(settings, mode="path"),

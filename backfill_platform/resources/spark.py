@@ -71,7 +71,7 @@ def local_spark_config(settings: Settings) -> dict[str, str]:
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",
         # A run's JVM lives for seconds to a minute: C1-only JIT and the serial GC cut its start-up
         # and first-query CPU (the first Delta read+write of a run took ~2x longer with C2 here).
-        # The long-lived Spark Connect server (spark_server.py) drops this and keeps the full JIT.
+        # The long-lived Spark Connect servers (resources/shared_spark.py) drop this and keeps the full JIT.
         "spark.driver.extraJavaOptions": SHORT_LIVED_JVM_OPTIONS,
     }
     config.update(delta_jars_config(settings))
@@ -142,8 +142,8 @@ class DeltaSparkResource(LazyPySparkResource):
     # sc://host:port of a warm Spark Connect server (``backfill-platform spark-server``); empty: the
     # shared server below, else an embedded JVM in this process.
     remote: str = ""
-    # the data dir's shared server (spark_server.py): its state folder, and how long it outlives its
-    # last run; empty: an embedded JVM
+    # the data dir's shared server (resources/shared_spark.py): its state folder, and how long it outlives
+    # its last run; empty: an embedded JVM
     shared_server_dir: str = ""
     shared_server_idle_seconds: float = 900.0
 
@@ -180,7 +180,7 @@ class DeltaSparkResource(LazyPySparkResource):
             return ""
         if self._log is not None:
             verb = "Started" if self._shared.started else "Using"
-            self._log.info(f"{verb} the shared Spark server {self._shared.remote} (pid "
+            self._log.info(f"{verb} the shared Spark server {self._shared.remote} (process group "
                            f"{self._shared.state['pgid']}, log {self.shared_server_dir}/server.log).")
         return self._shared.remote
 

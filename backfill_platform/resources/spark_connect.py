@@ -2,10 +2,10 @@
 
 On the data dir's shared server (``BACKFILL_SPARK_SERVER=shared``, the default) or the one that
 ``BACKFILL_SPARK_REMOTE=sc://HOST:PORT`` names, a run opens a thin client session on a Spark Connect
-server (``spark_server.py``) instead of starting a JVM. The server runs an operation to its end
-even when its client died: a run worker SIGKILLed mid-write (the OOM killer, a lost host) would still
-commit its Delta write after Dagster recorded the run FAILED, and a rerun of its dates could then race
-with it. So:
+server (``resources/shared_spark.py``, ``spark_server.py``) instead of starting a JVM. The server runs
+an operation to its end even when its client died: a run worker SIGKILLed mid-write (the OOM killer, a
+lost host) would still commit its Delta write after Dagster recorded the run FAILED, and a rerun of its
+dates could then race with it. So:
 
 - a run's session id is its Dagster run id (both are UUID4), and the run is tagged with the server it
   uses (``tags.SPARK_REMOTE``, the URL without its parameters; settings.py refuses a token in them);
