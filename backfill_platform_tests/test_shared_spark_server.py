@@ -59,7 +59,7 @@ def deployment(tmp_path, spark):
         shared_spark.stop_shared_server(state_dir)
 
 
-def test_local_runs_share_one_server_that_the_first_run_starts_and_a_dead_one_is_replaced(deployment, spark):
+def test_local_runs_share_one_server_that_the_first_run_starts_and_a_dead_one_is_replaced(deployment, spark, capsys):
     env, state_dir, home, resources = deployment
     assert Settings.from_env({}).spark.server == "shared"  # the deployment's default
     first = _materialize(env, "2024-01-02")
@@ -87,6 +87,12 @@ def test_local_runs_share_one_server_that_the_first_run_starts_and_a_dead_one_is
     assert rows_per_date(spark, resources["tables"].destination) == {
         "2024-01-02": 3, "2024-01-03": 3, "2024-01-04": 3}
 
+    from backfill_platform.cli.backfill import say_shared_spark_server  # the last line of backfill's summary
+
+    say_shared_spark_server(Settings.from_env(env))
+    assert capsys.readouterr().out.strip() == (
+        f"spark:                shared server sc://127.0.0.1:{replaced['port']}, stays up 15 min after its last run "
+        "(`backfill-platform spark-server --stop`)")
     cli = [str(Path(sys.executable).with_name("backfill-platform")), "spark-server"]
     status = subprocess.run([*cli, "--status"], env=env, capture_output=True, text=True, timeout=120)
     assert f"runs on sc://127.0.0.1:{replaced['port']}" in status.stdout, status.stdout + status.stderr
