@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=15002)
     action = server.add_mutually_exclusive_group()
     action.add_argument("--status", action="store_true", help="show the shared server of BACKFILL_DATA_DIR")
-    action.add_argument("--stop", action="store_true", help="stop it (runs attached to it fail and are retried)")
+    action.add_argument("--stop", action="store_true", help="stop it (runs attached to it fail)")
     server.set_defaults(handler=cmd_spark_server)
     reports.add_commands(commands)
     dev.add_command(commands)
