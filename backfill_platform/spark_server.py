@@ -12,14 +12,13 @@ Delta SQL (``DESCRIBE HISTORY``, ``CREATE TABLE ... USING DELTA``), which works 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from backfill_platform.processes import stop_process_group
-from backfill_platform.resources.shared_spark import SparkServerError, free_port, server_command, warm_up
+from backfill_platform.resources.shared_spark import SparkServerError, answers, free_port, server_command, warm_up
 from backfill_platform.resources.spark import local_spark_config
 from backfill_platform.settings import Settings
 
@@ -59,11 +58,9 @@ class SparkConnectServerProcess:
                     f"The Spark Connect server exited with code {self.process.returncode} before it "
                     f"listened on 127.0.0.1:{self.port}; see {self.log_path}."
                 )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.3)
+            if answers(self.port, timeout_s=1):
+                break
+            time.sleep(0.3)
         else:
             self.stop()
             raise SparkServerError(f"The Spark Connect server did not listen within {timeout_s:.0f} s; "

@@ -27,7 +27,6 @@ from backfill_platform.settings import SettingsError
 
 
 def cmd_spark_server(context: CommandContext, args: argparse.Namespace) -> int:
-    from backfill_platform import spark_server  # pyspark: only for this command
     from backfill_platform.resources import shared_spark
 
     state_dir = shared_spark.shared_server_dir(context.settings)
@@ -45,7 +44,9 @@ def cmd_spark_server(context: CommandContext, args: argparse.Namespace) -> int:
                 f"up {time.time() - state['started_at']:.0f} s; stops after {state['idle_s']:.0f} s with no run; "
                 f"log {state_dir / 'server.log'}).")
         return 0
-    return spark_server.serve(args.port, settings=context.settings, say=say)
+    from backfill_platform.spark_server import serve  # pyspark: only to run a server
+
+    return serve(args.port, settings=context.settings, say=say)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -144,26 +144,28 @@ def _read_state(state_dir: Path) -> dict | None:
         return None
 
 
-def _group_alive(pgid: int) -> bool:
+def _signalable(send, process_id: int) -> bool:
+    """Signal 0 through ``send`` (``os.kill`` or ``os.killpg``) reaches ``process_id``: it exists and is ours."""
     try:
-        os.killpg(pgid, 0)
+        send(process_id, 0)
         return True
-    except (ProcessLookupError, PermissionError):  # PermissionError: another user's group reuses the id
+    except (ProcessLookupError, PermissionError):  # PermissionError: another user's process reuses the id
         return False
+
+
+def _group_alive(pgid: int) -> bool:
+    return _signalable(os.killpg, pgid)
 
 
 def _supervisor_alive(state: dict) -> bool:
     """The supervisor (its pid is the group's id) lives: without it, nothing would stop the server."""
-    try:
-        os.kill(state["pgid"], 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
+    return _signalable(os.kill, state["pgid"])
 
 
-def _answers(port: int) -> bool:
+def answers(port: int, timeout_s: float = 2) -> bool:
+    """Something listens on 127.0.0.1:``port``."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s):
             return True
     except OSError:
         return False
@@ -192,7 +194,7 @@ def acquire_shared_server(state_dir: Path, spark_config: dict[str, str], idle_s:
     with _locked(state_dir / START_LOCK):
         state = _read_state(state_dir)
         started = False
-        if state and _supervisor_alive(state) and _answers(state["port"]):
+        if state and _supervisor_alive(state) and answers(state["port"]):
             if state["fingerprint"] != command_key:
                 raise SparkServerError(
                     f"the shared Spark server of {state_dir} was started with other Spark settings "
@@ -269,7 +271,7 @@ def supervise(state_dir: Path, port: int, idle_s: float, poll_s: float = 1.0) ->
     server = subprocess.Popen(command, env=env)  # same process group: stopping the group stops both
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        while not _answers(port):
+        while not answers(port):
             if server.poll() is not None:
                 print(f"the Spark Connect server exited with code {server.returncode}", flush=True)
                 return 1
