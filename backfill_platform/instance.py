@@ -121,7 +121,12 @@ def stop_spark_connect_operations(instance: dg.DagsterInstance, event) -> None:
     configured = os.environ.get(SPARK_REMOTE_VARIABLE, "").strip()  # its parameters (e.g. use_ssl), if the same server
     remote = configured if configured and server_address(configured) == address else address
     try:
-        interrupted = stop_run_operations(remote, run.run_id)
+        token = None
+        if shared_dir := run.tags.get(tags.SPARK_SERVER_DIR):  # the data dir's shared server: it wants its token
+            from backfill_platform.resources.shared_spark import token_for
+
+            token = token_for(shared_dir, address)
+        interrupted = stop_run_operations(remote, run.run_id, token=token)
     except Exception as error:
         reason = str(error).splitlines()[0] if str(error) else ""
         if configured:

@@ -48,6 +48,9 @@ LAUNCH_ID = f"{PREFIX}/launch_id"
 # the run's end interrupts what that session still runs (resources/spark_connect.py). Empty: a run
 # retry of such a run that runs an embedded JVM (run retries copy their parent's tags).
 SPARK_REMOTE = f"{PREFIX}/spark_remote"
+# Set with it when that server is the data dir's shared one: the folder of its state, where the process
+# that records the run's end finds the server's token (never in a tag: resources/shared_spark.py).
+SPARK_SERVER_DIR = f"{PREFIX}/spark_server_dir"
 
 
 def user_tags(tags) -> dict[str, str]:

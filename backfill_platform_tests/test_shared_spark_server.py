@@ -7,6 +7,7 @@ starts is stopped by that test (``stop_shared_server`` in a ``finally``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -70,14 +71,19 @@ def test_local_runs_share_one_server_that_the_first_run_starts_and_a_dead_one_is
     assert second.returncode == 0, second.stderr[-3000:]
     assert shared_spark.shared_server_state(state_dir)["pgid"] == state["pgid"]
 
-    remote = f"sc://127.0.0.1:{state['port']}"
+    remote = shared_spark.server_url(state)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         run, messages = _run_of(instance, "2024-01-02")
-        assert run.tags[tags.SPARK_REMOTE] == remote
+        assert run.tags[tags.SPARK_REMOTE] == remote and run.tags[tags.SPARK_SERVER_DIR] == str(state_dir)
         assert any(m.startswith(f"Started the shared Spark server {remote}") for m in messages), messages
         run, messages = _run_of(instance, "2024-01-03")
         assert run.tags[tags.SPARK_REMOTE] == remote
         assert any(m.startswith(f"Using the shared Spark server {remote}") for m in messages), messages
+        # the server's token is nowhere in what the runs recorded (their events, tags, captured output)
+        for run_id in [record.dagster_run.run_id for record in instance.get_run_records()]:
+            recorded = [str(entry) for entry in instance.all_logs(run_id)]
+            recorded += [str(instance.get_run_by_id(run_id).tags), first.stdout + first.stderr + second.stderr]
+            assert not [text for text in recorded if state["token"] in text]
 
     os.killpg(state["pgid"], signal.SIGKILL)  # the server dies between runs (OOM killer, a reboot)
     third = _materialize(env, "2024-01-04")
@@ -91,11 +97,11 @@ def test_local_runs_share_one_server_that_the_first_run_starts_and_a_dead_one_is
 
     say_shared_spark_server(Settings.from_env(env))
     assert capsys.readouterr().out.strip() == (
-        f"spark:                shared server sc://127.0.0.1:{replaced['port']}, stays up 15 min after its last run "
+        f"spark:                shared server sc://localhost:{replaced['port']}, stays up 15 min after its last run "
         "(`backfill-platform spark-server --stop`)")
     cli = [str(Path(sys.executable).with_name("backfill-platform")), "spark-server"]
     status = subprocess.run([*cli, "--status"], env=env, capture_output=True, text=True, timeout=120)
-    assert f"runs on sc://127.0.0.1:{replaced['port']}" in status.stdout, status.stdout + status.stderr
+    assert f"runs on sc://localhost:{replaced['port']}" in status.stdout, status.stdout + status.stderr
     stop = subprocess.run([*cli, "--stop"], env=env, capture_output=True, text=True, timeout=120)
     assert stop.stdout.startswith("Stopped the shared Spark server"), stop.stdout + stop.stderr
     assert shared_spark.shared_server_state(state_dir) is None
@@ -143,13 +149,20 @@ def test_the_shared_server_waits_for_its_runs_then_stops_after_its_idle_time(tmp
         shared_spark.stop_shared_server(state_dir)
 
 
-@pytest.mark.parametrize("case", ["start_fails", "other_settings"])
+@pytest.mark.parametrize("case", ["start_fails", "other_settings", "no_token"])
 def test_a_run_that_cannot_use_the_shared_server_runs_on_an_embedded_jvm_and_says_why(deployment, spark, case):
     env, state_dir, home, resources = deployment
     hold = None
     if case == "start_fails":  # a setting only the Connect server reads, which stops it at start
         env = {**env, "BACKFILL_SPARK_CONF": "spark.connect.grpc.maxInboundMessageSize=-1"}
         reason = "the shared Spark server stopped while starting (the Spark Connect server exited with code "
+    elif case == "no_token":  # as a server that code before its token started looks (server.json has none)
+        config = local_resources(Settings(data_dir=Path(env["BACKFILL_DATA_DIR"])))["pyspark"].spark_config
+        hold = shared_spark.acquire_shared_server(state_dir, config, 600)
+        state = json.loads((state_dir / "server.json").read_text())
+        del state["token"]
+        (state_dir / "server.json").write_text(json.dumps(state))
+        reason = "was started without an authentication token (by an older backfill_platform)"
     else:  # the running server was started with other Spark settings
         config = local_resources(Settings(data_dir=Path(env["BACKFILL_DATA_DIR"])))["pyspark"].spark_config
         hold = shared_spark.acquire_shared_server(state_dir, {**config, "spark.sql.shuffle.partitions": "3"}, 600)
@@ -191,3 +204,54 @@ def test_the_first_run_on_a_fresh_jar_cache_starts_the_server_and_the_next_run_s
         assert any(m.startswith("Started the shared Spark server") for m in messages), messages
         _, messages = _run_of(instance, "2024-01-09")
         assert any(m.startswith("Using the shared Spark server") for m in messages), messages
+
+
+# A Spark Connect client in its own process (a Connect client switches its whole process to Connect mode):
+# prints the answer to a query, or the error's class and message and exits 3.
+_CLIENT = (
+    "import sys\nfrom pyspark.sql import SparkSession\n"
+    "try:\n    print(SparkSession.builder.remote(sys.argv[1]).create().sql('SELECT 41 + 1').collect()[0][0])\n"
+    "except Exception as error:\n    print(type(error).__name__, ' '.join(str(error).split())[:600])\n"
+    "    sys.exit(3)\n"
+)
+
+
+def _connect(url: str) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != "SPARK_CONNECT_AUTHENTICATE_TOKEN"}
+    return subprocess.run([sys.executable, "-c", _CLIENT, url], env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_only_holders_of_its_token_can_use_the_shared_server_and_the_token_stays_private(tmp_path):
+    """As another user of the same host would try it: the server listens on 127.0.0.1, and a Spark
+    Connect client could run any code in it as its owner. A client without the server's token, or with
+    a wrong one, is refused; with the token from server.json it runs (the control). The token is in no
+    process's command line (``ps`` shows those to every user), not in the server's log, and server.json
+    and its folder are the owner's only."""
+    settings = Settings(data_dir=tmp_path / "data")
+    state_dir = shared_spark.shared_server_dir(settings)
+    try:
+        shared_spark.acquire_shared_server(state_dir, local_resources(settings)["pyspark"].spark_config, 600).release()
+        state = shared_spark.shared_server_state(state_dir)
+        port = state["port"]
+        for url in (f"sc://127.0.0.1:{port}", f"sc://localhost:{port}", f"sc://localhost:{port}/;token=not-the-token"):
+            refused = _connect(url)
+            assert refused.returncode == 3 and "UNAUTHENTICATED" in refused.stdout, (url, refused.stdout,
+                                                                                     refused.stderr[-2000:])
+        token = state["token"]
+        assert len(token) >= 32
+        allowed = _connect(f"sc://localhost:{port}/;token={token}")
+        assert (allowed.returncode, allowed.stdout.strip()) == (0, "42"), allowed.stdout + allowed.stderr[-2000:]
+
+        assert (state_dir / "server.json").stat().st_mode & 0o777 == 0o600
+        assert state_dir.stat().st_mode & 0o777 == 0o700
+        assert token not in (state_dir / "server.log").read_text(errors="replace")
+        command_lines = []
+        for process in Path("/proc").iterdir():
+            try:
+                command_lines.append((process / "cmdline").read_bytes().decode(errors="replace"))
+            except OSError:  # gone, or not ours to read
+                continue
+        assert any(str(port) in line and shared_spark.SERVER_CLASS in line for line in command_lines), "no server seen"
+        assert not [line for line in command_lines if token in line]
+    finally:
+        shared_spark.stop_shared_server(state_dir)

@@ -236,7 +236,12 @@ def test_a_daemon_run_on_spark_connect_whose_worker_dies_leaves_nothing_running_
     from backfill_platform.definitions import build_defs
     from backfill_platform.processes import DaemonProcess
     from backfill_platform.resources import local_resources
-    from backfill_platform.resources.shared_spark import shared_server_dir, shared_server_state, stop_shared_server
+    from backfill_platform.resources.shared_spark import (
+        server_url,
+        shared_server_dir,
+        shared_server_state,
+        stop_shared_server,
+    )
     from backfill_platform.spark_server import SparkConnectServerProcess
 
     from . import fault_location
@@ -273,7 +278,7 @@ def test_a_daemon_run_on_spark_connect_whose_worker_dies_leaves_nothing_running_
                 time.sleep(0.5)
             [record] = instance.get_run_records(dg.RunsFilter(tags={tags.BACKFILL: backfill_id}))
             run_id = record.dagster_run.run_id
-            remote = (f"sc://127.0.0.1:{shared_server_state(shared_server_dir(settings))['port']}"
+            remote = (server_url(shared_server_state(shared_server_dir(settings)))
                       if server_kind == "shared" else server.remote)
             assert instance.get_run_by_id(run_id).tags[tags.SPARK_REMOTE] == remote
             commits_before = sorted(os.listdir(log))

@@ -40,7 +40,7 @@ def cmd_spark_server(context: CommandContext, args: argparse.Namespace) -> int:
         if state is None:
             say(f"No shared Spark server runs for {state_dir}; the next local run starts one.")
         else:
-            say(f"The shared Spark server runs on sc://127.0.0.1:{state['port']} (process group {state['pgid']}, "
+            say(f"The shared Spark server runs on {shared_spark.server_url(state)} (process group {state['pgid']}, "
                 f"up {time.time() - state['started_at']:.0f} s; stops after {state['idle_s']:.0f} s with no run; "
                 f"log {state_dir / 'server.log'}).")
         return 0

@@ -178,10 +178,10 @@ def say_shared_spark_server(settings) -> None:
     """Where the runs' Spark is, when it outlives them (BACKFILL_SPARK_SERVER=shared)."""
     if settings.deployment != "local" or settings.spark.server != "shared" or settings.spark.remote:
         return
-    from backfill_platform.resources.shared_spark import shared_server_dir, shared_server_state
+    from backfill_platform.resources.shared_spark import server_url, shared_server_dir, shared_server_state
 
     if state := shared_server_state(shared_server_dir(settings)):
-        say(f"  spark:                shared server sc://127.0.0.1:{state['port']}, stays up "
+        say(f"  spark:                shared server {server_url(state)}, stays up "
             f"{state['idle_s'] / 60:.0f} min after its last run (`backfill-platform spark-server --stop`)")
 
 

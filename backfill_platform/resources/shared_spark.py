@@ -7,6 +7,12 @@ jars) with its own Spark settings, bound to 127.0.0.1, under a supervisor proces
 to it (``acquire_shared_server``), and ``DeltaSparkResource`` opens a thin Spark Connect client instead of
 starting a JVM (~5-7 s per run here). State, locks and log: ``<data_dir>/spark-connect/``.
 
+Only its own user's processes can use it: the supervisor gives the server a random token (Spark
+Connect's pre-shared token, ``SPARK_CONNECT_AUTHENTICATE_TOKEN``, through the environment, never on a
+command line), written only to ``server.json`` in a folder no other user can read. A client without it
+is refused (``UNAUTHENTICATED``). Clients connect as ``sc://localhost:PORT``: pyspark sends a token over
+a plain local channel only to a host named ``localhost``.
+
 Imports no pyspark at module level: ``backfill-platform backfill`` reads the state to name the server.
 """
 
@@ -17,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,6 +36,7 @@ from typing import Any
 from backfill_platform.settings import Settings
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+TOKEN_VARIABLE = "SPARK_CONNECT_AUTHENTICATE_TOKEN"  # read by the server (Spark 4.2) and by pyspark's client
 
 
 class SparkServerError(RuntimeError):
@@ -70,7 +78,8 @@ def server_command(spark_config: dict[str, str], port: int) -> list[str]:
 
 
 def warm_up(remote: str, path: Path) -> None:
-    """One tiny Delta round trip, so the first run does not pay for class loading."""
+    """One tiny Delta round trip, so the first run does not pay for class loading (the client takes
+    the server's token, if it has one, from the environment this process passes on)."""
     # In a child process: a Connect client switches its whole process (and the environment its
     # children inherit: SPARK_CONNECT_MODE_ENABLED) to Connect mode.
     code = (
@@ -105,11 +114,24 @@ def shared_server_dir(settings: Settings) -> Path:
     return Path(settings.data_dir) / "spark-connect"
 
 
+def server_url(state: dict) -> str:
+    """The shared server's Spark Connect URL, without its token (what logs, tags and messages show)."""
+    return f"sc://localhost:{state['port']}"
+
+
+def token_for(state_dir: str | Path, address: str) -> str | None:
+    """The token of the shared server in ``state_dir`` if it is the one at ``address`` (a run's
+    ``tags.SPARK_REMOTE``), else None (a server since replaced, or another one)."""
+    state = _read_state(Path(state_dir))
+    return state.get("token") if state and server_url(state) == address else None
+
+
 class SharedServer:
     """A run's hold on the shared server: the server stays up while this is open."""
 
-    def __init__(self, remote: str, state: dict, users_lock, started: bool):
-        self.remote, self.state, self.started = remote, state, started
+    def __init__(self, state: dict, users_lock, started: bool):
+        self.remote, self.state, self.started = server_url(state), state, started
+        self.token: str = state["token"]
         self._users_lock = users_lock
 
     def release(self) -> None:
@@ -132,6 +154,7 @@ def fingerprint(spark_config: dict[str, str]) -> str:
 @contextlib.contextmanager
 def _locked(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)  # the token is in there: this user's only (also a folder made before it was)
     with open(path, "a") as handle:
         fcntl.flock(handle, mode)
         yield handle
@@ -195,6 +218,11 @@ def acquire_shared_server(state_dir: Path, spark_config: dict[str, str], idle_s:
         state = _read_state(state_dir)
         started = False
         if state and _supervisor_alive(state) and answers(state["port"]):
+            if not state.get("token"):
+                raise SparkServerError(
+                    f"the shared Spark server of {state_dir} was started without an authentication token "
+                    "(by an older backfill_platform); it stops after its idle time, or stop it with "
+                    "`backfill-platform spark-server --stop`")
             if state["fingerprint"] != command_key:
                 raise SparkServerError(
                     f"the shared Spark server of {state_dir} was started with other Spark settings "
@@ -206,7 +234,7 @@ def acquire_shared_server(state_dir: Path, spark_config: dict[str, str], idle_s:
             started = True
         users = open(state_dir / USERS_LOCK, "a")
         fcntl.flock(users, fcntl.LOCK_SH)
-    return SharedServer(f"sc://127.0.0.1:{state['port']}", state, users, started)
+    return SharedServer(state, users, started)
 
 
 def _start_supervisor(state_dir: Path, spark_config: dict[str, str], idle_s: float, timeout_s: float) -> dict:
@@ -215,6 +243,7 @@ def _start_supervisor(state_dir: Path, spark_config: dict[str, str], idle_s: flo
     (state_dir / "config.json").write_text(json.dumps(spark_config))
     log_path = state_dir / "server.log"
     env = {key: value for key, value in os.environ.items() if key != "SPARK_CONNECT_MODE_ENABLED"}
+    env[TOKEN_VARIABLE] = secrets.token_urlsafe(32)  # the supervisor's environment only: argv is public
     with open(log_path, "ab") as log:  # the server's own log starts afresh (_DETACH)
         detached = subprocess.run(
             [sys.executable, "-c", _DETACH, str(log_path), sys.executable, "-m", SUPERVISOR_MODULE, "supervise",
@@ -277,14 +306,13 @@ def supervise(state_dir: Path, port: int, idle_s: float, poll_s: float = 1.0) ->
                 return 1
             time.sleep(0.3)
         try:
-            warm_up(f"sc://127.0.0.1:{port}", state_dir / "warmup")
+            warm_up(server_url({"port": port}), state_dir / "warmup")
         except SparkServerError as error:
             print(error, flush=True)
             return 1
         state = {"pgid": os.getpid(), "port": port, "fingerprint": fingerprint(spark_config),
-                 "started_at": time.time(), "idle_s": idle_s}
-        (state_dir / (STATE_FILE + ".tmp")).write_text(json.dumps(state))
-        os.replace(state_dir / (STATE_FILE + ".tmp"), state_dir / STATE_FILE)
+                 "started_at": time.time(), "idle_s": idle_s, "token": os.environ[TOKEN_VARIABLE]}
+        _write_private(state_dir / STATE_FILE, json.dumps(state))
         print(f"shared Spark server ready on 127.0.0.1:{port}; stops after {idle_s:.0f} s idle", flush=True)
         idle_since = time.monotonic()
         while server.poll() is None:
@@ -307,6 +335,15 @@ def supervise(state_dir: Path, port: int, idle_s: float, poll_s: float = 1.0) ->
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``, readable by this user only from the moment it exists."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.unlink(missing_ok=True)
+    with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
 
 
 def _in_use(state_dir: Path) -> bool:

@@ -195,15 +195,18 @@ class DeltaSparkResource(LazyPySparkResource):
             in_run = self._run is not None and self._instance is not None
             if remote := self._shared_remote():
                 session_id = run_session_id(self._run.run_id) if in_run else None
+                shared_dir = self.shared_server_dir if self._shared is not None else ""
                 if session_id:
                     # before the session can run anything: a failed run's end interrupts its session
                     # (resources/spark_connect.py)
-                    self._instance.add_run_tags(self._run.run_id, {tags.SPARK_REMOTE: server_address(remote)})
-                self._spark_session = start_remote_session(remote, session_id)
+                    self._instance.add_run_tags(self._run.run_id, {tags.SPARK_REMOTE: server_address(remote),
+                                                                   tags.SPARK_SERVER_DIR: shared_dir})
+                token = self._shared.token if self._shared is not None else None
+                self._spark_session = start_remote_session(remote, session_id, token)
             else:
                 if in_run and self._run.tags.get(tags.SPARK_REMOTE):
                     # a run retry inherits its parent's tags: this run is not on that server
-                    self._instance.add_run_tags(self._run.run_id, {tags.SPARK_REMOTE: ""})
+                    self._instance.add_run_tags(self._run.run_id, {tags.SPARK_REMOTE: "", tags.SPARK_SERVER_DIR: ""})
                 self._spark_session = start_spark_session(self.spark_config, self.log_level)
 
 

@@ -41,13 +41,15 @@ def run_session_id(run_id: str | None) -> str | None:
         return None
 
 
-def session_url(remote: str, session_id: str | None) -> str:
-    """``remote`` (``sc://host:port`` with optional ``/;param=value;...``) with ``session_id`` set."""
-    if not session_id:
+def session_url(remote: str, session_id: str | None, token: str | None = None) -> str:
+    """``remote`` (``sc://host:port`` with optional ``/;param=value;...``) with ``session_id`` and
+    ``token`` (the shared server's) set. The result may hold a secret: it goes to the client only."""
+    added = {name: value for name, value in (("session_id", session_id), ("token", token)) if value}
+    if not added:
         return remote
     base, _, params = remote.partition("/;")
-    kept = [param for param in params.split(";") if param and not param.startswith("session_id=")]
-    return f"{base.rstrip('/')}/;" + ";".join([*kept, f"session_id={session_id}"])
+    kept = [param for param in params.split(";") if param and param.split("=")[0] not in added]
+    return f"{base.rstrip('/')}/;" + ";".join([*kept, *(f"{name}={value}" for name, value in added.items())])
 
 
 def server_address(remote: str) -> str:
@@ -56,9 +58,10 @@ def server_address(remote: str) -> str:
     return f"sc://{parsed.hostname}:{parsed.port or DEFAULT_PORT}"
 
 
-def start_remote_session(remote: str, session_id: str | None = None):
+def start_remote_session(remote: str, session_id: str | None = None, token: str | None = None):
     """A Spark Connect client session on a running server (no JVM in this process); ``session_id``:
-    the server-side session to use (a run's: :func:`run_session_id`), else a new random one."""
+    the server-side session to use (a run's: :func:`run_session_id`), else a new random one;
+    ``token``: the server's pre-shared token (the shared server's), kept out of every message."""
     try:
         import pyspark.sql.connect.session  # noqa: F401  (the client libraries are installed)
         from pyspark.sql import SparkSession
@@ -70,7 +73,7 @@ def start_remote_session(remote: str, session_id: str | None = None):
     _check_reachable(remote)
     try:
         # builder.remote() also switches this process's pyspark.sql.functions to Connect mode.
-        builder = SparkSession.builder.remote(session_url(remote, session_id))
+        builder = SparkSession.builder.remote(session_url(remote, session_id, token))
         session = builder.create() if session_id else builder.getOrCreate()
         session.sql("SELECT 1").collect()
     except Exception as error:  # grpc errors come in many classes
@@ -102,7 +105,7 @@ def _check_reachable(remote: str) -> None:
         ) from None
 
 
-def stop_run_operations(remote: str, run_id: str, timeout_s: float = 60.0) -> list[str]:
+def stop_run_operations(remote: str, run_id: str, timeout_s: float = 60.0, token: str | None = None) -> list[str]:
     """Interrupt every operation of run ``run_id``'s session on the server ``remote`` and wait until
     none is running or terminating: after this returns, nothing the run started there commits.
     Returns the ids of the operations interrupted ([] when the session is gone or was idle). Raises
@@ -115,7 +118,8 @@ def stop_run_operations(remote: str, run_id: str, timeout_s: float = 60.0) -> li
     from pyspark.sql.connect.client import SparkConnectClient
 
     # a few quick retries, not the client's default ten minutes: a run's end is waiting for this
-    client = SparkConnectClient(session_url(remote, session_id), retry_policy={"max_retries": 3, "max_backoff": 1000})
+    client = SparkConnectClient(session_url(remote, session_id, token),
+                                retry_policy={"max_retries": 3, "max_backoff": 1000})
     try:
         try:
             interrupted = client.interrupt_all() or []
