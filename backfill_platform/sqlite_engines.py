@@ -14,11 +14,7 @@ connections:
   results). Dagster's ``engine.dispose()`` after each use is a no-op on these engines;
 - are checked against the file on each checkout: a file deleted or replaced since the connection opened
   it (``dagster run wipe`` in another process) gets a new connection, as Dagster's own per-use
-  connections would, instead of writing into the deleted file;
-- to a run's event log file, copy what they wrote into the file when they are returned (a passive WAL
-  checkpoint), as the last close of Dagster's per-use connection does: Dagster's watcher of that file
-  (the UI's live run logs) reacts to changes of the file, not of its WAL. The other files
-  (``UNWATCHED_FILES``) take SQLite's automatic checkpoints.
+  connections would, instead of writing into the deleted file.
 
 In-memory databases (ephemeral instances) keep Dagster's own pool: their data lives in the connection.
 """
@@ -30,12 +26,8 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-# Dagster's SQLite files that no Dagster file watcher follows (it watches a run's event log file): their
-# writes reach the file at SQLite's automatic checkpoints
-UNWATCHED_FILES = frozenset({"runs.db", "index.db", "schedules.db"})
 ENGINES_KEPT = 32  # database files (the event log has one per run) whose engine this process keeps
 _engines: dict[tuple, Any] = {}  # key -> engine, the least recently used first
 _engines_lock = threading.Lock()
@@ -63,8 +55,6 @@ def engine_for(create_engine: Callable, url: Any, args: tuple, kwargs: dict, bus
                 sqlalchemy.event.listen(engine, "connect", functools.partial(_on_connect, str(url), engine))
             if kept_open:
                 sqlalchemy.event.listen(engine, "checkout", functools.partial(_still_the_file, engine))
-                if Path(str(engine.url.database)).name not in UNWATCHED_FILES:
-                    sqlalchemy.event.listen(engine, "checkin", _into_the_file)
                 engine.dispose_for_good = engine.dispose
                 engine.dispose = lambda *_, **__: None  # Dagster disposes of its engine after every use
         _engines[key] = engine  # the most recently used last
@@ -90,26 +80,13 @@ def _on_connect(url: str, engine: Any, dbapi_connection, connection_record) -> N
     _keep_wal(url, dbapi_connection)
 
 
-def _still_the_file(engine: Any, dbapi_connection, connection_record, _proxy) -> None:
+def _still_the_file(engine: Any, _dbapi_connection, connection_record, _proxy) -> None:
     """Pool checkout: a connection whose file was deleted or replaced is discarded (SQLAlchemy then opens a
     new one)."""
     from sqlalchemy.exc import DisconnectionError
 
     if connection_record.info.get("file_id") != _file_id(engine):
         raise DisconnectionError(f"{engine.url.database} was replaced since this connection opened it")
-    connection_record.info["changes"] = dbapi_connection.total_changes
-
-
-def _into_the_file(dbapi_connection, connection_record) -> None:
-    """Pool checkin after a write: copy the WAL into the database file (a passive checkpoint), as the last
-    close of Dagster's own per-use connection does. Dagster's file watcher on a run's event log (the UI's
-    live logs) reacts to changes of that file, not of its WAL."""
-    if dbapi_connection is None or dbapi_connection.total_changes == connection_record.info.get("changes"):
-        return
-    try:
-        dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-    except sqlite3.Error:
-        pass  # a busy database: the next write's checkpoint, or SQLite's automatic one, copies it
 
 
 def _keep_wal(url: str, dbapi_connection) -> None:

@@ -257,28 +257,3 @@ def test_a_kept_sqlite_connection_is_not_used_once_its_file_was_replaced(tmp_pat
     assert fresh.execute("SELECT id FROM events").fetchall() == [(2,)]
     fresh.close()
     engine.dispose_for_good()
-
-
-def test_a_write_through_a_kept_sqlite_connection_reaches_the_database_file_at_once(tmp_path):
-    """Dagster's file watcher on a run's event log (``SqliteEventLogStorageWatchdog``: the UI's live run
-    logs) reacts to changes of ``<run_id>.db`` itself. Dagster alone closes its connection after each write,
-    and the last close of a WAL database copies the write into the file. A kept connection (sqlite_engines.py)
-    must do the same: it checkpoints when it is returned after a write, so each event changes the file
-    while the writing process lives."""
-    import os
-    import time
-
-    from backfill_platform_tests.conftest import make_dagster_home
-
-    instance = dg.DagsterInstance.from_config(str(make_dagster_home(tmp_path / "home")))
-    run = instance.create_run_for_job(dg.GraphDefinition("watched").to_job())
-    instance.report_engine_event("first", run)
-    shard = tmp_path / "home" / "history" / "runs" / f"{run.run_id}.db"
-    for number in range(3):
-        before = os.stat(shard)
-        time.sleep(0.05)  # past the file system's timestamp granularity
-        instance.report_engine_event(f"event {number}", run)
-        after = os.stat(shard)
-        assert (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size), f"event {number}"
-    assert [entry.message for entry in instance.all_logs(run.run_id)][-3:] == ["event 0", "event 1", "event 2"]
-    instance.dispose()
