@@ -105,3 +105,11 @@ def _keep_wal(url: str, dbapi_connection) -> None:
         pass
     finally:
         dbapi_connection.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+
+
+def close_all() -> None:
+    """Close every connection this process keeps and forget the engines (a test that needs a file closed
+    in its own process, e.g. to take it out of WAL mode from another)."""
+    with _engines_lock:
+        while _engines:
+            _dispose_for_good(_engines.pop(next(iter(_engines))))
