@@ -6,9 +6,8 @@ from __future__ import annotations
 import subprocess
 
 import dagster as dg
-import sqlalchemy
 
-from backfill_platform import dagster_internals, sqlite_engines
+from backfill_platform import dagster_internals
 from backfill_platform.processes import WORKSPACE_YAML
 from backfill_platform.settings import PROJECT_ROOT
 from backfill_platform.tags import DESTINATION, DESTINATION_JOB, PREREQUISITES, RANGE_END, RANGE_START
@@ -130,9 +129,8 @@ def test_a_backfill_waits_for_the_run_retry_decision_of_its_failed_runs(tmp_path
 
 def test_the_sqlite_storages_reuse_one_engine_per_database_file(tmp_path):
     """``wait_for_sqlite_locks`` also hands Dagster's SQLite storages one engine per file (SQLAlchemy's
-    compiled-statement cache lives on the engine; Dagster creates one per connection) that keeps a
-    connection open between uses (sqlite_engines.py). The engines keep working after Dagster's
-    ``engine.dispose()``, every event is stored, and the cache stays bounded."""
+    compiled-statement cache lives on the engine; Dagster creates one per connection). The engines keep
+    working after Dagster's ``engine.dispose()``, every event is stored, and the cache stays bounded."""
     from backfill_platform_tests.conftest import make_dagster_home
 
     instance = dg.DagsterInstance.from_config(str(make_dagster_home(tmp_path / "home")))
@@ -159,25 +157,21 @@ def test_the_sqlite_storages_reuse_one_engine_per_database_file(tmp_path):
     index_second, run_second = engines_of_one_run()
     assert len(index_first) == 1 and index_first == index_second  # the index shard: one engine throughout
     assert len(run_first) == 1 and run_first != run_second  # a run's own shard: its own engine
-    with instance.run_storage.connect() as first:
-        kept = first.connection.dbapi_connection
     with instance.run_storage.connect() as first, instance.run_storage.connect() as second:
-        assert first.engine is second.engine and first.connection is not second.connection  # a thread each
-        assert first.connection.dbapi_connection is kept  # the connection kept from the use before
+        assert first.engine is second.engine and first.connection is not second.connection  # still NullPool
     assert len(instance.get_materialized_partitions(daily.key)) == 30
-    assert len(sqlite_engines._engines) <= sqlite_engines.ENGINES_KEPT
-    for number in range(sqlite_engines.ENGINES_KEPT + 3):  # more run shards than are kept
+    assert len(dagster_internals._sqlite_engines) <= dagster_internals.SQLITE_ENGINES_KEPT
+    for number in range(dagster_internals.SQLITE_ENGINES_KEPT + 3):  # more run shards than are kept
         with instance.event_log_storage.run_connection(f"run-{number}"):
             pass
-    assert len(sqlite_engines._engines) == sqlite_engines.ENGINES_KEPT
+    assert len(dagster_internals._sqlite_engines) == dagster_internals.SQLITE_ENGINES_KEPT
     instance.dispose()
 
 
 def test_a_connection_of_a_shared_sqlite_engine_can_end_in_another_thread(tmp_path, caplog):
     """The engines are shared by a process's threads, so a connection that one thread opened can be returned
     (or garbage-collected) by another: that must close it, not log sqlite3's "SQLite objects created in a
-    thread can only be used in that same thread" (sqlite_engines.py opens them with check_same_thread=False),
-    and the connection is kept for the next use, in any thread."""
+    thread can only be used in that same thread" (SQLAlchemy opens file databases with check_same_thread=False)."""
     import logging
     import threading
 
@@ -190,13 +184,10 @@ def test_a_connection_of_a_shared_sqlite_engine_can_end_in_another_thread(tmp_pa
     thread = threading.Thread(target=lambda: opened.append(engine.raw_connection()))
     thread.start()
     thread.join()
-    raw = opened[0].driver_connection
     with caplog.at_level(logging.ERROR, logger="sqlalchemy"):
-        opened[0].close()  # back to the pool in this thread: rolled back and kept for the next use
+        opened[0].close()  # back to the pool in this thread: NullPool rolls it back and closes it
     assert [record.getMessage() for record in caplog.records] == []
-    with instance.run_storage.connect() as conn:  # another thread's connection serves this one
-        assert conn.connection.dbapi_connection is raw
-        assert conn.execute(sqlalchemy.text("SELECT count(*) FROM runs")).scalar() == 0
+    assert opened[0].dbapi_connection is None  # closed
     instance.dispose()
 
 
@@ -231,29 +222,3 @@ def test_a_run_failed_at_its_maximum_runtime_stays_failed_when_its_worker_report
     instance.report_run_canceled(canceled)
     assert instance.get_run_by_id(canceled.run_id).status == dg.DagsterRunStatus.CANCELED
     instance.dispose()
-
-
-def test_a_kept_sqlite_connection_is_not_used_once_its_file_was_replaced(tmp_path):
-    """The engines keep their connections open (sqlite_engines.py). When another process deletes a file and
-    creates it again (Dagster's event log ``wipe`` deletes run shards), a kept connection would go on
-    writing into the deleted file, lost to every other process. Each checkout compares the file under the
-    path with the connection's, and connects again."""
-    import sqlite3
-
-    from sqlalchemy.pool import NullPool
-
-    path = tmp_path / "storage.db"
-    engine = sqlite_engines.engine_for(sqlalchemy.create_engine, f"sqlite:///{path}", (), {"poolclass": NullPool}, 5)
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text("CREATE TABLE events (id INTEGER)"))
-        conn.execute(sqlalchemy.text("INSERT INTO events VALUES (1)"))
-    for leftover in tmp_path.glob("storage.db*"):  # the file and its WAL, as a wipe deletes them
-        leftover.unlink()
-    fresh = sqlite3.connect(path)
-    fresh.execute("CREATE TABLE events (id INTEGER)")
-    fresh.commit()
-    with engine.begin() as conn:
-        conn.execute(sqlalchemy.text("INSERT INTO events VALUES (2)"))
-    assert fresh.execute("SELECT id FROM events").fetchall() == [(2,)]
-    fresh.close()
-    engine.dispose_for_good()

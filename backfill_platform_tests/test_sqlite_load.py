@@ -51,7 +51,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from backfill_platform import sqlite_engines
 from backfill_platform.processes import initialize_instance_storage
 from backfill_platform.settings import PROJECT_ROOT
 from backfill_platform.tags import DESTINATION, LAUNCH_ID
@@ -316,7 +315,6 @@ def test_every_sqlite_storage_waits_60_s_by_default_and_the_variable_sets_it(tmp
     (never below Dagster's own 30 s for the event log), and an old rollback-journal runs.db is put in WAL."""
     home = make_dagster_home(tmp_path / "home")
     initialize_instance_storage(home)
-    sqlite_engines.close_all()  # this process's kept connections: the probe takes runs.db out of WAL mode
     default = _probe(home)
     assert default.returncode == 0, default.stderr[-3000:]
     assert json.loads(default.stdout.splitlines()[-1]) == {
