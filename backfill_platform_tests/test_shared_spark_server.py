@@ -82,7 +82,8 @@ def test_local_runs_share_one_server_that_the_first_run_starts_and_a_dead_one_is
         # the server's token is nowhere in what the runs recorded (their events, tags, captured output)
         for run_id in [record.dagster_run.run_id for record in instance.get_run_records()]:
             recorded = [str(entry) for entry in instance.all_logs(run_id)]
-            recorded += [str(instance.get_run_by_id(run_id).tags), first.stdout + first.stderr + second.stderr]
+            recorded += [str(instance.get_run_by_id(run_id).tags)]
+            recorded += [completed.stdout + completed.stderr for completed in (first, second)]
             assert not [text for text in recorded if state["token"] in text]
 
     os.killpg(state["pgid"], signal.SIGKILL)  # the server dies between runs (OOM killer, a reboot)
@@ -136,6 +137,8 @@ def test_the_shared_server_waits_for_its_runs_then_stops_after_its_idle_time(tmp
         stopped_after = time.monotonic() - released
         assert shared_spark.shared_server_state(state_dir) is None
         assert stopped_after >= 2.5, f"stopped {stopped_after:.1f} s after the last release: idle time not kept"
+        # the supervisor gives the JVM SERVER_STOP_TIMEOUT_S after SIGTERM, then SIGKILLs it
+        deadline = time.monotonic() + shared_spark.SERVER_STOP_TIMEOUT_S + 15
         while time.monotonic() < deadline:
             try:
                 os.killpg(pgid, 0)
@@ -152,19 +155,17 @@ def test_the_shared_server_waits_for_its_runs_then_stops_after_its_idle_time(tmp
 @pytest.mark.parametrize("case", ["start_fails", "other_settings", "no_token"])
 def test_a_run_that_cannot_use_the_shared_server_runs_on_an_embedded_jvm_and_says_why(deployment, spark, case):
     env, state_dir, home, resources = deployment
-    hold = None
+    hold, config = None, resources["pyspark"].spark_config  # the runs' own Spark settings
     if case == "start_fails":  # a setting only the Connect server reads, which stops it at start
         env = {**env, "BACKFILL_SPARK_CONF": "spark.connect.grpc.maxInboundMessageSize=-1"}
         reason = "the shared Spark server stopped while starting (the Spark Connect server exited with code "
     elif case == "no_token":  # as a server that code before its token started looks (server.json has none)
-        config = local_resources(Settings(data_dir=Path(env["BACKFILL_DATA_DIR"])))["pyspark"].spark_config
         hold = shared_spark.acquire_shared_server(state_dir, config, 600)
         state = json.loads((state_dir / "server.json").read_text())
         del state["token"]
         (state_dir / "server.json").write_text(json.dumps(state))
         reason = "was started without an authentication token (by an older backfill_platform)"
     else:  # the running server was started with other Spark settings
-        config = local_resources(Settings(data_dir=Path(env["BACKFILL_DATA_DIR"])))["pyspark"].spark_config
         hold = shared_spark.acquire_shared_server(state_dir, {**config, "spark.sql.shuffle.partitions": "3"}, 600)
         reason = "was started with other Spark settings (stop it with `backfill-platform spark-server --stop`"
     try:

@@ -36,6 +36,7 @@ from typing import Any
 from backfill_platform.settings import Settings
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+SERVER_STOP_TIMEOUT_S = 30  # the supervisor's wait for the server after SIGTERM, before SIGKILL
 TOKEN_VARIABLE = "SPARK_CONNECT_AUTHENTICATE_TOKEN"  # read by the server (Spark 4.2) and by pyspark's client
 
 
@@ -130,9 +131,16 @@ class SharedServer:
     """A run's hold on the shared server: the server stays up while this is open."""
 
     def __init__(self, state: dict, users_lock, started: bool):
-        self.remote, self.state, self.started = server_url(state), state, started
-        self.token: str = state["token"]
+        self.state, self.started = state, started
         self._users_lock = users_lock
+
+    @property
+    def remote(self) -> str:
+        return server_url(self.state)
+
+    @property
+    def token(self) -> str:
+        return self.state["token"]
 
     def release(self) -> None:
         if self._users_lock is not None:
@@ -152,11 +160,11 @@ def fingerprint(spark_config: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[Any]:
+def _locked(path: Path) -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.parent.chmod(0o700)  # the token is in there: this user's only (also a folder made before it was)
     with open(path, "a") as handle:
-        fcntl.flock(handle, mode)
+        fcntl.flock(handle, fcntl.LOCK_EX)
         yield handle
 
 
@@ -332,7 +340,7 @@ def supervise(state_dir: Path, port: int, idle_s: float, poll_s: float = 1.0) ->
             (state_dir / STATE_FILE).unlink(missing_ok=True)
         server.terminate()
         try:
-            server.wait(timeout=30)
+            server.wait(timeout=SERVER_STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             server.kill()
 

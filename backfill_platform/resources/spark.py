@@ -195,13 +195,12 @@ class DeltaSparkResource(LazyPySparkResource):
             in_run = self._run is not None and self._instance is not None
             if remote := self._shared_remote():
                 session_id = run_session_id(self._run.run_id) if in_run else None
-                shared_dir = self.shared_server_dir if self._shared is not None else ""
+                shared_dir, token = (self.shared_server_dir, self._shared.token) if self._shared else ("", None)
                 if session_id:
                     # before the session can run anything: a failed run's end interrupts its session
                     # (resources/spark_connect.py)
                     self._instance.add_run_tags(self._run.run_id, {tags.SPARK_REMOTE: server_address(remote),
                                                                    tags.SPARK_SERVER_DIR: shared_dir})
-                token = self._shared.token if self._shared is not None else None
                 self._spark_session = start_remote_session(remote, session_id, token)
             else:
                 if in_run and self._run.tags.get(tags.SPARK_REMOTE):
