@@ -102,7 +102,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -335,9 +334,8 @@ def refuse_unknown_partition_keys_in_asset_backfills(explain: Callable[[str], st
 # engine of Dagster's SQLite storages one busy timeout (Dagster's own where that is longer), and checks once
 # per file and process that the file is in WAL mode (readers never block writers; Dagster creates its files
 # in WAL mode, an old file may not be).
-# Speed (issue 13): the storages create an engine per connection (the event log 4 per partition event), so
-# SQLAlchemy, whose compiled-statement cache is the engine's, compiled every statement again. The wrapper keeps
-# one engine per file (NullPool still connects anew). A 240-partition run's events: 3.2-3.5 s with, 4.1-4.6 s without.
+# Speed (issue 13): the storages create an engine, and open the file, for every connection (the event log 4 per
+# asset event). The wrapper hands them one engine per file that keeps its connections (sqlite_engines.py).
 
 SQLITE_STORAGE_MODULES = (
     "dagster._core.storage.runs.sqlite.sqlite_run_storage",
@@ -346,9 +344,6 @@ SQLITE_STORAGE_MODULES = (
     "dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log",
 )
 _sqlite_locks = {"busy_timeout_s": 5.0}  # sqlite3.connect's default until wait_for_sqlite_locks runs
-_wal_checked: set[str] = set()  # database URLs whose journal mode this process has checked
-SQLITE_ENGINES_KEPT = 32  # database files (the event log has one per run) whose engine this process keeps
-_sqlite_engines, _sqlite_engines_lock = {}, threading.Lock()  # key -> engine, the least recently used first
 
 
 def wait_for_sqlite_locks(busy_timeout_s: float) -> None:
@@ -368,48 +363,16 @@ def wait_for_sqlite_locks(busy_timeout_s: float) -> None:
 def _patient_sqlite_engine(create_engine: Callable) -> Callable:
     import functools
 
-    import sqlalchemy
+    from backfill_platform import sqlite_engines
 
     @functools.wraps(create_engine)
     def patient_create_engine(url, *args, **kwargs):
         if not str(url).startswith("sqlite"):
             return create_engine(url, *args, **kwargs)
-        connect_args = dict(kwargs.pop("connect_args", None) or {})
-        connect_args["timeout"] = max(float(connect_args.get("timeout", 5.0)), _sqlite_locks["busy_timeout_s"])
-        key = (str(url), repr(args), repr(sorted(connect_args.items())), repr(sorted(kwargs.items())))
-        with _sqlite_engines_lock:
-            engine = _sqlite_engines.pop(key, None)
-            if engine is None:
-                engine = create_engine(url, *args, connect_args=connect_args, **kwargs)
-                if str(url) not in _wal_checked and "mode=memory" not in str(url):
-                    sqlalchemy.event.listen(engine, "connect", functools.partial(_keep_wal, str(url)))
-            _sqlite_engines[key] = engine  # the most recently used last
-            while len(_sqlite_engines) > SQLITE_ENGINES_KEPT:
-                del _sqlite_engines[next(iter(_sqlite_engines))]
-        return engine
+        return sqlite_engines.engine_for(create_engine, url, args, kwargs, _sqlite_locks["busy_timeout_s"])
 
     patient_create_engine._waits_for_sqlite_locks = True
     return patient_create_engine
-
-
-def _keep_wal(url: str, dbapi_connection, _connection_record) -> None:
-    """Switch the database to WAL mode if it is not (once per file and process; a file that is busy
-    stays as it is, as Dagster alone would leave it)."""
-    import sqlite3
-
-    if url in _wal_checked:
-        return
-    _wal_checked.add(url)
-    if str(dbapi_connection.execute("PRAGMA journal_mode").fetchone()[0]).lower() in ("wal", "memory"):
-        return
-    busy_ms = dbapi_connection.execute("PRAGMA busy_timeout").fetchone()[0]
-    try:
-        dbapi_connection.execute("PRAGMA busy_timeout = 1000")  # never hold a connection up for this
-        dbapi_connection.execute("PRAGMA journal_mode = WAL").fetchone()
-    except sqlite3.OperationalError:
-        pass
-    finally:
-        dbapi_connection.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
 
 
 # --- UPSTREAM WORKAROUND: the backfill daemon's 30 s loop is hard-coded -------------------------------

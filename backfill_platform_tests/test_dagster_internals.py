@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import subprocess
+from collections.abc import Callable
 
 import dagster as dg
+import sqlalchemy
 
-from backfill_platform import dagster_internals
+from backfill_platform import dagster_internals, sqlite_engines
 from backfill_platform.processes import WORKSPACE_YAML
 from backfill_platform.settings import PROJECT_ROOT
 from backfill_platform.tags import DESTINATION, DESTINATION_JOB, PREREQUISITES, RANGE_END, RANGE_START
@@ -127,11 +130,28 @@ def test_a_backfill_waits_for_the_run_retry_decision_of_its_failed_runs(tmp_path
         assert wrapped.__wrapped__("b1", instance, log) is False and wrapped("b1", instance, log) is False
 
 
+def in_a_worker_process(function: Callable, *args) -> None:
+    """Run ``function(*args)`` in a process started as Dagster's code server starts a run worker
+    (``multiprocessing``, spawn method): one whose SQLite connections stay open (sqlite_engines.py). An
+    assertion that fails there fails here, its traceback on stderr."""
+    process = multiprocessing.get_context("spawn").Process(target=function, args=args)
+    process.start()
+    process.join(300)
+    assert process.exitcode == 0, f"{function.__name__} failed in the worker process (traceback above)"
+
+
 def test_the_sqlite_storages_reuse_one_engine_per_database_file(tmp_path):
     """``wait_for_sqlite_locks`` also hands Dagster's SQLite storages one engine per file (SQLAlchemy's
-    compiled-statement cache lives on the engine; Dagster creates one per connection). The engines keep
-    working after Dagster's ``engine.dispose()``, every event is stored, and the cache stays bounded."""
+    compiled-statement cache lives on the engine; Dagster creates one per connection) that, in a run
+    worker, keeps a connection open between uses (sqlite_engines.py). The engines keep working after
+    Dagster's ``engine.dispose()``, every event is stored, and the cache stays bounded."""
+    in_a_worker_process(_one_engine_per_file, tmp_path)
+
+
+def _one_engine_per_file(tmp_path) -> None:
     from backfill_platform_tests.conftest import make_dagster_home
+
+    assert sqlite_engines.keeps_connections()
 
     instance = dg.DagsterInstance.from_config(str(make_dagster_home(tmp_path / "home")))
     assert type(instance).__name__ == "BackfillPlatformInstance"  # the class that installs the wrapper
@@ -157,21 +177,29 @@ def test_the_sqlite_storages_reuse_one_engine_per_database_file(tmp_path):
     index_second, run_second = engines_of_one_run()
     assert len(index_first) == 1 and index_first == index_second  # the index shard: one engine throughout
     assert len(run_first) == 1 and run_first != run_second  # a run's own shard: its own engine
+    with instance.run_storage.connect() as first:
+        kept = first.connection.dbapi_connection
     with instance.run_storage.connect() as first, instance.run_storage.connect() as second:
-        assert first.engine is second.engine and first.connection is not second.connection  # still NullPool
+        assert first.engine is second.engine and first.connection is not second.connection  # a thread each
+        assert first.connection.dbapi_connection is kept  # the connection kept from the use before
     assert len(instance.get_materialized_partitions(daily.key)) == 30
-    assert len(dagster_internals._sqlite_engines) <= dagster_internals.SQLITE_ENGINES_KEPT
-    for number in range(dagster_internals.SQLITE_ENGINES_KEPT + 3):  # more run shards than are kept
+    assert len(sqlite_engines._engines) <= sqlite_engines.ENGINES_KEPT
+    for number in range(sqlite_engines.ENGINES_KEPT + 3):  # more run shards than are kept
         with instance.event_log_storage.run_connection(f"run-{number}"):
             pass
-    assert len(dagster_internals._sqlite_engines) == dagster_internals.SQLITE_ENGINES_KEPT
+    assert len(sqlite_engines._engines) == sqlite_engines.ENGINES_KEPT
     instance.dispose()
 
 
-def test_a_connection_of_a_shared_sqlite_engine_can_end_in_another_thread(tmp_path, caplog):
+def test_a_connection_of_a_shared_sqlite_engine_can_end_in_another_thread(tmp_path):
     """The engines are shared by a process's threads, so a connection that one thread opened can be returned
-    (or garbage-collected) by another: that must close it, not log sqlite3's "SQLite objects created in a
-    thread can only be used in that same thread" (SQLAlchemy opens file databases with check_same_thread=False)."""
+    (or garbage-collected) by another: that must not log sqlite3's "SQLite objects created in a thread can
+    only be used in that same thread" (sqlite_engines.py opens them with check_same_thread=False), and in a
+    run worker the connection is kept for the next use, in any thread."""
+    in_a_worker_process(_a_connection_ends_in_another_thread, tmp_path)
+
+
+def _a_connection_ends_in_another_thread(tmp_path) -> None:
     import logging
     import threading
 
@@ -184,10 +212,16 @@ def test_a_connection_of_a_shared_sqlite_engine_can_end_in_another_thread(tmp_pa
     thread = threading.Thread(target=lambda: opened.append(engine.raw_connection()))
     thread.start()
     thread.join()
-    with caplog.at_level(logging.ERROR, logger="sqlalchemy"):
-        opened[0].close()  # back to the pool in this thread: NullPool rolls it back and closes it
-    assert [record.getMessage() for record in caplog.records] == []
-    assert opened[0].dbapi_connection is None  # closed
+    raw = opened[0].driver_connection
+    errors = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = errors.append
+    logging.getLogger("sqlalchemy").addHandler(handler)
+    opened[0].close()  # back to the pool in this thread: rolled back and kept for the next use
+    assert [record.getMessage() for record in errors] == []
+    with instance.run_storage.connect() as conn:  # another thread's connection serves this one
+        assert conn.connection.dbapi_connection is raw
+        assert conn.execute(sqlalchemy.text("SELECT count(*) FROM runs")).scalar() == 0
     instance.dispose()
 
 
@@ -221,4 +255,97 @@ def test_a_run_failed_at_its_maximum_runtime_stays_failed_when_its_worker_report
     instance.report_run_canceling(canceled)
     instance.report_run_canceled(canceled)
     assert instance.get_run_by_id(canceled.run_id).status == dg.DagsterRunStatus.CANCELED
+    instance.dispose()
+
+
+def test_a_kept_sqlite_connection_is_not_used_once_its_file_was_replaced(tmp_path):
+    """A run worker's engines keep their connections open (sqlite_engines.py). When another process deletes a
+    file and creates it again (Dagster's event log ``wipe`` deletes run shards), a kept connection would go on
+    writing into the deleted file, lost to every other process. Each checkout compares the file under the
+    path with the connection's, and connects again."""
+    import sqlite3
+
+    from sqlalchemy.pool import NullPool
+
+    path = tmp_path / "storage.db"
+    engine = sqlite_engines.engine_for(
+        sqlalchemy.create_engine, f"sqlite:///{path}", (), {"poolclass": NullPool}, 5, keep_open=True
+    )
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE events (id INTEGER)"))
+        conn.execute(sqlalchemy.text("INSERT INTO events VALUES (1)"))
+    for leftover in tmp_path.glob("storage.db*"):  # the file and its WAL, as a wipe deletes them
+        leftover.unlink()
+    fresh = sqlite3.connect(path)
+    fresh.execute("CREATE TABLE events (id INTEGER)")
+    fresh.commit()
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("INSERT INTO events VALUES (2)"))
+    assert fresh.execute("SELECT id FROM events").fetchall() == [(2,)]
+    fresh.close()
+    engine.dispose_for_good()
+
+
+def test_a_write_through_a_kept_sqlite_connection_reaches_the_database_file_at_once(tmp_path):
+    """Dagster's file watcher on a run's event log (``SqliteEventLogStorageWatchdog``: the UI's live run
+    logs) reacts to changes of ``<run_id>.db`` itself. Dagster alone closes its connection after each write,
+    and the last close of a WAL database copies the write into the file. A kept connection (sqlite_engines.py)
+    must do the same: it checkpoints when it is returned after a write, so each event changes the file
+    while the writing process lives."""
+    in_a_worker_process(_each_event_reaches_the_file, tmp_path)
+
+
+def _each_event_reaches_the_file(tmp_path) -> None:
+    import os
+    import time
+
+    from backfill_platform_tests.conftest import make_dagster_home
+
+    instance = dg.DagsterInstance.from_config(str(make_dagster_home(tmp_path / "home")))
+    run = instance.create_run_for_job(dg.GraphDefinition("watched").to_job())
+    instance.report_engine_event("first", run)
+    shard = tmp_path / "home" / "history" / "runs" / f"{run.run_id}.db"
+    for number in range(3):
+        before = os.stat(shard)
+        time.sleep(0.05)  # past the file system's timestamp granularity
+        instance.report_engine_event(f"event {number}", run)
+        after = os.stat(shard)
+        assert (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size), f"event {number}"
+    assert [entry.message for entry in instance.all_logs(run.run_id)][-3:] == ["event 0", "event 1", "event 2"]
+    instance.dispose()
+
+
+def _other_process(home, code: str) -> str:
+    """Run ``code`` with ``instance`` (the DagsterInstance of ``home``) in a new Python process; its stdout."""
+    import sys
+
+    script = f"import dagster as dg\ninstance = dg.DagsterInstance.from_config({str(home)!r})\n{code}\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_a_process_that_reads_the_instance_files_loses_no_run_written_after(tmp_path):
+    """SQLite's locks are POSIX advisory locks: a process that opens and closes a database file by other means
+    (a backup, ``shutil.copytree`` of DAGSTER_HOME, a scan for secrets) drops every SQLite lock it holds on
+    that file. A connection it kept open would then go on writing into a WAL that another process, believing
+    itself the last user, checkpoints and deletes: those writes are lost to every other process (or end in
+    "disk I/O error"). The CLI, the daemon, the webserver and a notebook therefore connect per use, as
+    Dagster does; only the run and step worker processes Dagster starts keep their connections
+    (sqlite_engines.py), and they never read the files directly."""
+    from backfill_platform_tests.conftest import make_dagster_home
+
+    assert not sqlite_engines.keeps_connections()  # pytest's process, as the CLI's, the daemon's or a notebook's
+    home = make_dagster_home(tmp_path / "home")
+    instance = dg.DagsterInstance.from_config(str(home))
+    job = dg.GraphDefinition("kept").to_job()
+    first = instance.create_run_for_job(job)
+    for path in sorted(home.rglob("*")):  # what a backup or a scan for secrets does in this process
+        if path.is_file():
+            path.read_bytes()
+    other = _other_process(home, "print(instance.create_run_for_job(dg.GraphDefinition('kept').to_job()).run_id)")
+    last = instance.create_run_for_job(job)
+    seen = _other_process(home, "print(sorted(run.run_id for run in instance.get_runs()))")
+    assert seen.strip() == str(sorted([first.run_id, other.strip(), last.run_id]))
+    assert len(instance.get_runs()) == 3
     instance.dispose()

@@ -38,6 +38,7 @@ warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from event_store import measure_event_store  # noqa: E402
 from floor import chunk_suffix, floor_figures, floor_ratios  # noqa: E402 (bench/ is the script's directory)
 from table_size import measure_plan, measure_table_size_cost  # noqa: E402
 from ui_launch import measure_ui_launch_overhead  # noqa: E402
@@ -491,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick:
             floor_figures({rows: data_dirs[rows] for rows in data_dirs if rows in (10, 10_000)}, full_dates,
                           DEFAULT_CHUNK, work, ("partitioned",), suffix=chunk_suffix(DEFAULT_CHUNK), figures=floor)
+        extra["event_store"] = measure_event_store(work)  # ms per asset event: the platform's instance vs Dagster's
+        print(f"  event store: {extra['event_store']}", flush=True)
         plan_figures = measure_plan(work)
         extra.update({"plan_2500_dates": plan_figures, "plan_2500_dates_s": plan_figures["median_s"]})
         if not args.quick:
@@ -529,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("ratio_per_date_over_chunked", "full_range_chunked_wall_s", "ratio_over_floor_full_range",
                 "ratio_over_floor_large", "ratio_default_over_floor_full_range", "ratio_default_over_floor_large",
                 "default_over_best_chunking", "plan_2500_dates_s", "table_size_cost_ratio",
-                "ui_launch_overhead_s", "repair_one_date_s",
+                "ui_launch_overhead_s", "repair_one_date_s", "event_store",
                 "definitions_load", "rerun_sensor_tick", "benchmark_wall_s"):
         print(f"{key}: {summary.get(key)}")
     if plot(results, args.out / "results.png", floor):
