@@ -146,7 +146,11 @@ def deployment(tmp_path_factory, emulator):
     ).replace("dequeue_interval_seconds: 1", "dequeue_interval_seconds: 1\n    dequeue_use_threads: true")
     (home / "dagster.yaml").write_text(config)
     data_dir = tmp_path_factory.mktemp("host_data")
-    env = {**_base_env(), **databricks_environment(emulator), "BACKFILL_DATA_DIR": str(data_dir)}
+    # 24 runs launched at once on 2 cores: the daemon's StartRun call waits for each spawned run worker to
+    # import Dagster and the definitions, and Dagster's 60 s gRPC timeout ran out once in a full suite
+    # ("Unexpected error in IPC client"; the run then failed before its step, not by its fault)
+    env = {**_base_env(), **databricks_environment(emulator), "BACKFILL_DATA_DIR": str(data_dir),
+           "DAGSTER_GRPC_TIMEOUT_SECONDS": "300"}
     deployment = DatabricksDeployment(home, env)
     try:
         yield deployment
