@@ -335,7 +335,8 @@ def refuse_unknown_partition_keys_in_asset_backfills(explain: Callable[[str], st
 # per file and process that the file is in WAL mode (readers never block writers; Dagster creates its files
 # in WAL mode, an old file may not be).
 # Speed (issue 13): the storages create an engine, and open the file, for every connection (the event log 4 per
-# asset event). The wrapper hands them one engine per file that keeps its connections (sqlite_engines.py).
+# asset event). The wrapper hands them one engine per file, which keeps its connections in run workers
+# (sqlite_engines.py).
 
 SQLITE_STORAGE_MODULES = (
     "dagster._core.storage.runs.sqlite.sqlite_run_storage",

@@ -72,9 +72,9 @@ def engine_for(
     connect_args = dict(kwargs.pop("connect_args", None) or {})
     connect_args["timeout"] = max(float(connect_args.get("timeout", 5.0)), busy_timeout_s)
     in_memory = "mode=memory" in str(url) or ":memory:" in str(url)
-    if keep_open is None:
-        keep_open = keeps_connections()
-    kept_open = keep_open and kwargs.get("poolclass") is NullPool and not in_memory
+    kept_open = (keeps_connections() if keep_open is None else keep_open) and (
+        kwargs.get("poolclass") is NullPool and not in_memory
+    )
     key = (kept_open, str(url), repr(args), repr(sorted(connect_args.items())), repr(sorted(kwargs.items())))
     with _engines_lock:
         engine = _engines.pop(key, None)
@@ -83,9 +83,10 @@ def engine_for(
                 kwargs = {**kwargs, "poolclass": QueuePool, "pool_size": 1, "max_overflow": -1}
                 connect_args["check_same_thread"] = False  # the pool hands a connection to one thread at a time
             engine = create_engine(url, *args, connect_args=connect_args, **kwargs)
-            if not in_memory:
-                sqlalchemy.event.listen(engine, "connect", functools.partial(_on_connect, str(url), engine))
+            if not in_memory and str(url) not in _wal_checked:
+                sqlalchemy.event.listen(engine, "connect", functools.partial(_keep_wal, str(url)))
             if kept_open:
+                sqlalchemy.event.listen(engine, "connect", functools.partial(_remember_the_file, engine))
                 sqlalchemy.event.listen(engine, "checkout", functools.partial(_still_the_file, engine))
                 if Path(str(engine.url.database)).name not in UNWATCHED_FILES:
                     sqlalchemy.event.listen(engine, "checkin", _into_the_file)
@@ -109,9 +110,8 @@ def _file_id(engine: Any) -> tuple[int, int] | None:
     return status.st_dev, status.st_ino
 
 
-def _on_connect(url: str, engine: Any, dbapi_connection, connection_record) -> None:
-    connection_record.info["file_id"] = _file_id(engine)
-    _keep_wal(url, dbapi_connection)
+def _remember_the_file(engine: Any, _dbapi_connection, connection_record) -> None:
+    connection_record.info["file_id"] = _file_id(engine)  # what _still_the_file compares on checkout
 
 
 def _still_the_file(engine: Any, dbapi_connection, connection_record, _proxy) -> None:
@@ -136,7 +136,7 @@ def _into_the_file(dbapi_connection, connection_record) -> None:
         pass  # a busy database: the next write's checkpoint, or SQLite's automatic one, copies it
 
 
-def _keep_wal(url: str, dbapi_connection) -> None:
+def _keep_wal(url: str, dbapi_connection, _connection_record) -> None:
     """Switch the database to WAL mode if it is not (once per file and process; a file that is busy
     stays as it is, as Dagster alone would leave it)."""
     if url in _wal_checked:

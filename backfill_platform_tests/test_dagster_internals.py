@@ -137,6 +137,9 @@ def in_a_worker_process(function: Callable, *args) -> None:
     process = multiprocessing.get_context("spawn").Process(target=function, args=args)
     process.start()
     process.join(300)
+    if process.exitcode is None:
+        process.kill()  # hung: fail, and leave nothing running
+        process.join()
     assert process.exitcode == 0, f"{function.__name__} failed in the worker process (traceback above)"
 
 
