@@ -37,10 +37,10 @@ postgresql:
 lint: setup
 	$(BIN)/ruff check .
 
-## TEST_WORKERS=2 runs the test files in 2 parallel pytest processes (pytest-xdist; a file's tests stay in
-## one process, so its module fixtures are set up once). The default, 1, runs them one after another: on a
-## 2-core machine one of three 2-process runs overloaded it (docs in README, "Tests").
-TEST_WORKERS ?= 1
+## The test files run in 2 parallel pytest processes (pytest-xdist, --dist loadfile: a file's tests stay in
+## one process, so its module fixtures are set up once). One after another (TEST_WORKERS=1) they took
+## 5,167 s here on 3 Dec 2026, and CI stopped such a run at its 5,400 s (README, "Tests").
+TEST_WORKERS ?= 2
 ifeq ($(TEST_WORKERS),1)
 PYTEST_PARALLEL :=
 else
