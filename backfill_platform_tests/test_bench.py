@@ -116,7 +116,11 @@ def kill_process_groups_working_in(root) -> None:
         try:
             variables = dict(item.partition("=")[::2] for item in environ.read_text(errors="replace").split("\0"))
             if any(variables.get(name, "").startswith(str(root)) for name in ("DAGSTER_HOME", "BACKFILL_DATA_DIR")):
-                os.killpg(os.getpgid(int(environ.parent.name)), signal.SIGKILL)
+                pid = int(environ.parent.name)
+                if os.getpgid(pid) == os.getpgid(0):  # in this test's own group: that process alone
+                    os.kill(pid, signal.SIGKILL)
+                else:
+                    os.killpg(os.getpgid(pid), signal.SIGKILL)
         except (OSError, ProcessLookupError):
             continue  # gone, or not ours to read
 
