@@ -385,7 +385,7 @@ def plot(results: list[dict], path: Path, floor: dict | None = None) -> bool:
     left.bar(range(len(results)), [r["wall_s"] for r in results],
              color=["tab:red" if r["scenario"] == "per-date" else "tab:orange" if r["scenario"] == "chunked-embedded"
                     else "tab:blue" for r in results])
-    left.set_xticks(range(len(results)), labels, fontsize=7)
+    left.set_xticks(range(len(results)), labels, fontsize=7, rotation=45, ha="right")
     left.set_ylabel("wall time, launch to last partition materialized (s)")
     left.set_title("Wall time per scenario")
     full = max(r["partitions"] for r in results)
@@ -396,11 +396,14 @@ def plot(results: list[dict], path: Path, floor: dict | None = None) -> bool:
             best[r["rows_per_date"]] = r
     xs = sorted(best)
     right.plot(xs, [best[x]["wall_s"] for x in xs], marker="o", label="backfill_platform (best chunking)")
-    for layout, style in (("partitioned", "s--"), ("clustered", "^:")):  # the machine's floor: bare Spark
+    floor_lines = (("partitioned", "s--", "partitioned, commits of the runs of 240"),  # the machine's floor
+                   ("clustered", "^:", "clustered, commits of the runs of 240"),
+                   ("partitioned" + chunk_suffix(DEFAULT_CHUNK), "v-.", "partitioned, one commit (the default's)"))
+    for layout, style, name in floor_lines:
         points = sorted((int(rows), by_layout[layout]["wall_s"]) for rows, by_layout in (floor or {}).items()
                         if "wall_s" in by_layout.get(layout, {}))
         if points:
-            right.plot(*zip(*points, strict=True), style, label=f"floor: bare Spark, {layout}")
+            right.plot(*zip(*points, strict=True), style, label=f"floor: bare Spark, {name}")
     right.set_xscale("log")
     right.set_xlabel(f"source rows per date ({full} dates, chunked)")
     right.set_ylabel("wall time (s)")
