@@ -396,14 +396,16 @@ def plot(results: list[dict], path: Path, floor: dict | None = None) -> bool:
             best[r["rows_per_date"]] = r
     xs = sorted(best)
     right.plot(xs, [best[x]["wall_s"] for x in xs], marker="o", label="backfill_platform (best chunking)")
-    floor_lines = (("partitioned", "s--", "partitioned, commits of the runs of 240"),  # the machine's floor
-                   ("clustered", "^:", "clustered, commits of the runs of 240"),
-                   ("partitioned" + chunk_suffix(DEFAULT_CHUNK), "v-.", "partitioned, one commit (the default's)"))
-    for layout, style, name in floor_lines:
-        points = sorted((int(rows), by_layout[layout]["wall_s"]) for rows, by_layout in (floor or {}).items()
-                        if "wall_s" in by_layout.get(layout, {}))
-        if points:
-            right.plot(*zip(*points, strict=True), style, label=f"floor: bare Spark, {name}")
+    floor_lines = (("partitioned", "s--"), ("clustered", "^:"),  # the machine's floor: bare Spark
+                   ("partitioned" + chunk_suffix(DEFAULT_CHUNK), "v-."))  # in the default's commits
+    for layout, style in floor_lines:
+        figures = [(int(rows), by_layout[layout]) for rows, by_layout in (floor or {}).items()
+                   if "wall_s" in by_layout.get(layout, {})]
+        if figures:
+            points = sorted((rows, figure["wall_s"]) for rows, figure in figures)
+            first = figures[0][1]
+            right.plot(*zip(*points, strict=True), style,
+                       label=f"floor: bare Spark, {first['layout']}, commits of {first['chunk_size']} dates")
     right.set_xscale("log")
     right.set_xlabel(f"source rows per date ({full} dates, chunked)")
     right.set_ylabel("wall time (s)")
