@@ -102,8 +102,8 @@ SIGTERM_AFTER_AN_IN_PROCESS_RUN = textwrap.dedent("""
 
 
 def test_upstream_an_in_process_run_gives_sigterm_the_sigint_handler():
-    """The upstream bug behind ``bench/run.py``'s ``stop_on_sigterm`` (kept as a reproduction: when it
-    fails, Dagster fixed it and the handler need not be installed again after each in-process run)."""
+    """The upstream bug behind ``bench/upstream.py`` (kept as a reproduction: when it fails, Dagster
+    fixed it and the benchmark's in-process runs need not put SIGTERM's handler back)."""
     done = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_AN_IN_PROCESS_RUN], capture_output=True, text=True,
                           timeout=300, check=True)
     assert done.stdout.strip().splitlines()[-1] == "True", done.stdout + done.stderr

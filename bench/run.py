@@ -42,6 +42,7 @@ from event_store import measure_event_store  # noqa: E402
 from floor import chunk_suffix, floor_figures, floor_ratios  # noqa: E402 (bench/ is the script's directory)
 from table_size import measure_plan, measure_table_size_cost  # noqa: E402
 from ui_launch import measure_ui_launch_overhead  # noqa: E402
+from upstream import materialize  # noqa: E402
 
 from backfill_platform.settings import Settings  # noqa: E402
 
@@ -124,7 +125,7 @@ def seed_sources(work: Path, rows_options: list[int], last_day: str) -> dict[int
                 spark = start_spark_session(local_spark_config(settings))
             started = time.monotonic()
             calendar, source, _ = build_assets(settings, BusinessDays.from_settings(settings.calendar))
-            result = dg.materialize(
+            result = materialize(
                 [source, calendar],
                 resources=local_resources(settings),
                 run_config={
@@ -455,18 +456,6 @@ def write_summary(args, results: list[dict], definitions_load: dict, sensor: dic
     return summary
 
 
-def stop_on_sigterm() -> None:
-    """SIGTERM (a CI timeout) runs the finally blocks that stop the daemon and the Spark servers.
-
-    UPSTREAM WORKAROUND (dagster 1.13.27, ``dagster/_utils/interrupts.py``): every in-process run
-    (``dg.materialize``) ends in ``capture_interrupts``, which gives SIGTERM the handler SIGINT has
-    (``setup_interrupt_handlers``), dropping this one. In a background job, where SIGINT is ignored,
-    SIGTERM was then ignored too: on 3 Dec ``kill -TERM`` left a ``make bench`` started with ``&``
-    running, floors and servers included. So this is installed again after each step that runs
-    ``dg.materialize`` in this process (``test_bench.py`` keeps the reproduction)."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-
-
 def repair_over_floor(repair_s: float | None, floor: dict) -> float | None:
     """The one-date repair (queue -> SUCCESS) over bare Spark rewriting one date in a warm session."""
     one_date = floor.get("10", {}).get("partitioned", {}).get("one_date_warm_median_s")
@@ -484,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop the whole benchmark after this long: the running scenario is cut "
                              "(its partial figures kept and marked) and later ones are skipped")
     args = parser.parse_args(argv)
-    stop_on_sigterm()
+    # SIGTERM (a CI timeout) runs the finally blocks that stop the daemon and the Spark servers; in-process
+    # runs keep this handler (bench/upstream.py)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     work = args.work or args.out / ".work"
     shutil.rmtree(work, ignore_errors=True)
@@ -501,7 +492,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Seeding sources for {sorted({s.rows_per_date for s in scenarios})} rows/date (not timed) ...",
           flush=True)
     data_dirs = seed_sources(work, sorted({s.rows_per_date for s in scenarios}), last_day)
-    stop_on_sigterm()  # again: seeding materialized in this process
     results: list[dict] = []
     try:
         # the shared Spark server of each data dir, as the first run of a day starts it (timed apart)
@@ -525,7 +515,6 @@ def main(argv: list[str] | None = None) -> int:
         extra.update({"plan_2500_dates": plan_figures, "plan_2500_dates_s": plan_figures["median_s"]})
         if not args.quick:
             extra["table_size_cost"] = measure_table_size_cost(work)
-            stop_on_sigterm()  # again: the table-size runs materialized in this process
             extra["table_size_cost_ratio"] = extra["table_size_cost"]["ratio"]
             extra["ui_launch"] = measure_ui_launch_overhead(work, data_dirs[10], full_dates)
             extra["ui_launch_overhead_s"] = extra["ui_launch"].get("overhead_s")

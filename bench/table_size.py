@@ -30,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from upstream import materialize  # noqa: E402 (bench/ is the script's directory)
 
 RUN_DATE = "2025-11-20"
 SIZES = (60, 1724)
@@ -70,7 +71,7 @@ def measure_table_size_cost(work: Path, repeats: int = 3) -> dict:
             resources = local_resources(settings)
             # the source: 10 rows for every business date of the table (not timed)
             with dg.DagsterInstance.ephemeral() as instance:  # disposed: see the timed runs below
-                result = dg.materialize(
+                result = materialize(
                     [source], resources=resources, instance=instance,
                     run_config={**quiet, "ops": {"source_data": {"config": {
                         "first_day": keys[-size], "last_day": RUN_DATE, "rows_per_date": 10}}}},
@@ -97,7 +98,7 @@ def measure_table_size_cost(work: Path, repeats: int = 3) -> dict:
                 # then logs "SQLite objects created in a thread can only be used in that same thread"
                 with dg.DagsterInstance.ephemeral() as instance:
                     started = time.monotonic()
-                    result = dg.materialize([destination], partition_key=RUN_DATE, resources=resources,
+                    result = materialize([destination], partition_key=RUN_DATE, resources=resources,
                                             instance=instance, run_config=quiet)
                     elapsed = time.monotonic() - started
                 assert result.success
